@@ -11,9 +11,11 @@ Call contract (shared with the sampler and the trainer):
   cache = model.init_cache(batch_size, max_len)            # KVCache, k[l]/v[l] [B,K,T,hd]
   hidden, cache = model.forward_cached(input_ids, positions, cache, cache_index, kv_mask)
   save_pretrained(model, out_dir)                          # HF dir transformers can load
+  convert_gguf(gguf_or_wheel, out_dir, dtype='float32')    # GGUF -> HF dir (gguf + torch)
 """
 from empg_jax.models.config import SUPPORTED_ARCHITECTURES, ModelConfig
 from empg_jax.models.decoder import DecoderLM, positions_from_mask
+from empg_jax.models.gguf_convert import ConversionError, convert_gguf
 from empg_jax.models.kv_cache import KVCache
 from empg_jax.models.pretrained import init_random, load_pretrained, save_pretrained
 from empg_jax.models.safetensors_io import CheckpointError
@@ -23,9 +25,11 @@ from empg_jax.models.tokenizer import (load_tokenizer, pad_token_id, response_en
 __all__ = [
     'SUPPORTED_ARCHITECTURES',
     'CheckpointError',
+    'ConversionError',
     'DecoderLM',
     'KVCache',
     'ModelConfig',
+    'convert_gguf',
     'init_random',
     'load_pretrained',
     'load_tokenizer',
