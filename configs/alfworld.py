@@ -33,4 +33,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.env.kwargs.max_steps = 30
     c.agent.history_length = 1
     c.bootstrap.sft_episodes = 200
+  elif size == "smol":
+    base.apply_smol(c)
   return c

@@ -5,7 +5,8 @@ presets. Overrides from the command line: `--config.rl.group_size=4`.
 
 Preset string (the part after `:` in `--config=configs/webshop.py:tiny,dapo_empg`): a
 comma-separated list of
-  - a size preset: `paper` (default; the paper's settings) or `tiny` (offline CPU run);
+  - a size preset: `paper` (default; the paper's settings), `tiny` (offline CPU run) or
+    `smol` (SmolLM2-135M-Instruct from `launch/convert_gguf.py --smollm2`, one GPU);
   - an algorithm: `grpo`, `grpo_empg` (default), `dapo`, `dapo_empg`.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 import ml_collections
 
 ALGORITHMS = ("grpo", "grpo_empg", "dapo", "dapo_empg")
-SIZES = ("paper", "tiny")
+SIZES = ("paper", "tiny", "smol")
 
 
 def parse_preset(arg: str | None) -> tuple[str, str]:
@@ -182,3 +183,31 @@ def apply_tiny(c: ml_collections.ConfigDict) -> None:
   c.eval.num_tasks = 32
   c.eval.num_sample_episodes = 2
   c.bootstrap.enabled = True
+
+
+def apply_smol(c: ml_collections.ConfigDict) -> None:
+  """SmolLM2-135M-Instruct, a real pretrained model, on one GPU.
+
+  model.path defaults to the directory `python launch/convert_gguf.py --smollm2` writes
+  ($EMPG_CACHE_DIR or ~/.cache/empg_jax). Group sizes, learning rate and steps stay the
+  family's paper values.
+  """
+  from empg_jax import model_cache  # light: no JAX / torch
+  c.model.path = str(model_cache.smollm2_dir("float32"))
+  c.model.dtype = "bfloat16"
+  c.model.param_dtype = "float32"   # the dequantized weights are exact in float32
+  # Without remat the backward keeps every layer's attention activations (30 layers x
+  # 2k tokens x 8 sequences per micro-batch): tens of GB.
+  c.model.remat = True
+  c.bootstrap.enabled = False
+  c.env.num_workers = 8
+  # A 135M model writes more format errors than useful reasoning: ask for the action tag
+  # only, which also keeps responses (and the response budget) short.
+  c.agent.require_think = False
+  # Expert episodes' prompts with the SmolLM2 tokenizer (paper history lengths, 32
+  # episodes each): WebShop at most 1333 tokens, ALFWorld 946, search 878; 2048 leaves
+  # room for the longer pages a policy visits (older history is dropped beyond it).
+  c.rollout.max_prompt_tokens = 2048
+  c.rollout.max_response_tokens = 256
+  c.train.length_buckets = (512, 1024, 1536, 2304)
+  c.train.micro_batch_size = 8

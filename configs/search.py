@@ -33,4 +33,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.env.max_steps = 4
     c.agent.history_length = 2
     c.bootstrap.sft_episodes = 300
+  elif size == "smol":
+    base.apply_smol(c)
   return c

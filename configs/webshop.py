@@ -1,6 +1,8 @@
-"""WebShop with EMPG (paper settings by default; `:tiny` trains offline on a laptop CPU).
+"""WebShop with EMPG (paper settings by default; `:tiny` trains offline on a laptop CPU;
+`:smol` runs SmolLM2-135M-Instruct after `python launch/convert_gguf.py --smollm2`).
 
   python launch/train.py --config=configs/webshop.py:tiny --workdir=/tmp/webshop_tiny
+  python launch/train.py --config=configs/webshop.py:smol --workdir=/tmp/webshop_smol
   python launch/train.py --config=configs/webshop.py:dapo_empg \
       --config.model.path=/models/Qwen2.5-1.5B-Instruct --workdir=/runs/webshop
 """
@@ -27,4 +29,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.env.max_steps = 15
     c.agent.history_length = 1
     c.agent.history_observation_chars = 160
+  elif size == "smol":
+    base.apply_smol(c)
   return c
