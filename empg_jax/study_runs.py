@@ -360,13 +360,15 @@ def check_existing_runs(plan: Plan) -> None:
     with open(path, encoding="utf-8") as f:
       before = json.load(f)
     now = _config_json(run.config)
-    diffs = [k for k in _flat_keys(now) if k != "total_steps" and k in _flat_keys(before)
-             and _select(now, k) != _select(before, k)]
+    shared = _flat_keys(now) & _flat_keys(before)
+    diffs = sorted(k for k in shared
+                   if k != "total_steps" and _select(now, k) != _select(before, k))
     if diffs:
       k = diffs[0]
+      more = f" (and {len(diffs) - 1} more differences)" if len(diffs) > 1 else ""
       raise StudyError(
           f"{run.workdir} was trained with {k}={_select(before, k)!r}, this study has "
-          f"{_select(now, k)!r}{f' (and {len(diffs) - 1} more differences)' if len(diffs) > 1 else ''}"
+          f"{_select(now, k)!r}{more}"
           "; use another --workdir or the same overrides")
 
 

@@ -198,7 +198,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"[study] {len(plan.runs)} runs in {plan.workdir}: {done} finished already, "
           f"{len(jobs)} jobs to run ({args.parallel} at a time)", flush=True)
     if jobs:
-      failed = _run_jobs(plan, jobs, args.parallel)
+      try:
+        failed = _run_jobs(plan, jobs, args.parallel)
+      except KeyboardInterrupt:
+        print("[study] interrupted; the same command resumes the study", file=sys.stderr)
+        return 130
   for path in write_report(args, plan):
     print(path)
   if failed:
