@@ -9,7 +9,9 @@ Each run is an ordinary launch/train.py work dir, <workdir>/<algo>[/<key>=<value
 trained in a subprocess (its output in train.log there). Running the same command again
 skips finished runs and resumes unfinished ones from their checkpoints. The tiny presets'
 warm start is built once per seed (<workdir>/bootstrap/seed<k>) and shared by all
-algorithms. Other --config.* flags pass through to every run. Then writes:
+algorithms. Runs share a JAX compilation cache (<workdir>/jax_cache, unless
+$JAX_COMPILATION_CACHE_DIR is set). Other --config.* flags pass through to every run.
+Then writes:
   study.md    tables: held-out success/score as mean ± 95% CI over seeds, AUC, per task
               type, KL to the reference, step entropy, and every seed's S0/S1
   study.png   held-out success vs iteration with CI bands, KL and entropy curves
