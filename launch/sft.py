@@ -6,8 +6,11 @@
 Each line: {"messages": [{"role": "user", "content": ...}, {"role": "assistant",
 "content": ...}]}; the last (assistant) message is learned. Expert trajectories of the
 built-in environments in this format: `--expert_env=webshop --expert_episodes=200`.
-The result is an HF directory (safetensors + tokenizer) that launch/train.py takes as
---config.model.path.
+Pass the RL run's config (`--config=configs/webshop.py:smol`, overrides as in
+launch/train.py) to render the expert prompts exactly as that run's agent will see them
+(template, history, require_think, env settings, prompt budget); without it the family's
+default (paper) config is used. The result is an HF directory (safetensors + tokenizer)
+that launch/train.py takes as --config.model.path.
 """
 
 import logging
@@ -17,10 +20,14 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 _MODEL = flags.DEFINE_string("model_path", None, "Local HF model directory.")
 _DATA = flags.DEFINE_string("data", None, "JSONL of chat examples (or use --expert_env).")
 _EXPERT_ENV = flags.DEFINE_string("expert_env", None, "Collect expert data from this env.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "RL config[:preset] whose env and agent settings render the expert prompts.",
+    lock_config=False)
 _EXPERT_EPISODES = flags.DEFINE_integer("expert_episodes", 200, "Expert episodes.")
 _OUT = flags.DEFINE_string("out", None, "Output HF directory.")
 _LR = flags.DEFINE_float("lr", 1e-5, "Peak learning rate.")
@@ -31,23 +38,40 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute
 flags.mark_flags_as_required(["model_path", "out"])
 
 
+def _family_config(env_name: str):
+  """configs/<env>.py's default config (its env kwargs and agent settings), else the base
+  config with that env name; prompts get the --max_len budget."""
+  import importlib
+  from configs import base
+  try:
+    c = importlib.import_module(f"configs.{env_name}").get_config(None)
+  except ModuleNotFoundError as e:
+    if e.name != f"configs.{env_name}":
+      raise
+    c = base.base_config()
+    c.env.name = env_name
+  c.rollout.max_prompt_tokens = _MAX_LEN.value
+  return c
+
+
 def main(argv):
   del argv
   logging.getLogger().setLevel(logging.INFO)
   import jax.numpy as jnp
   from empg_jax import models, sft, sharding
-  if bool(_DATA.value) == bool(_EXPERT_ENV.value):
-    raise app.UsageError("Pass exactly one of --data (a JSONL file) or --expert_env.")
+  expert_env = _EXPERT_ENV.value or (_CONFIG.value.env.name if _CONFIG.value else None)
+  if bool(_DATA.value) == bool(expert_env):
+    raise app.UsageError("Pass exactly one of --data (a JSONL file) or --expert_env / --config.")
+  if _CONFIG.value and _EXPERT_ENV.value and _EXPERT_ENV.value != _CONFIG.value.env.name:
+    raise app.UsageError(f"--expert_env={_EXPERT_ENV.value} but --config is for "
+                         f"{_CONFIG.value.env.name!r}; drop --expert_env.")
   tokenizer = models.load_tokenizer(_MODEL.value)
   if _DATA.value:
     examples = sft.read_jsonl_examples(_DATA.value)
     prompts, responses = sft.tokenize_examples(examples, tokenizer)
   else:
-    from configs import base
     from empg_jax import bootstrap
-    c = base.base_config()
-    c.env.name = _EXPERT_ENV.value
-    c.rollout.max_prompt_tokens = _MAX_LEN.value
+    c = _CONFIG.value or _family_config(expert_env)
     batch = bootstrap.expert_rollouts(c, tokenizer, _EXPERT_EPISODES.value)
     prompts, responses = batch.prompt_tokens, batch.response_tokens
   too_long = [i for i, (p, r) in enumerate(zip(prompts, responses))

@@ -79,3 +79,13 @@ def test_launch_sft_writes_a_loadable_model(model_dir, tmp_path):
                  capture_output=True, timeout=300)
   assert (out / "config.json").exists() and (out / "tokenizer.json").exists()
   models.load_pretrained(str(out))
+
+
+def test_launch_sft_refuses_an_expert_env_that_is_not_the_configs(tmp_path):
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "sft.py"),
+                         "--model_path=/nonexistent", f"--out={tmp_path / 'out'}",
+                         "--config=configs/webshop.py:tiny", "--expert_env=alfworld"],
+                        cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert "--expert_env=alfworld but --config is for 'webshop'" in proc.stderr
