@@ -136,6 +136,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.bootstrap = ml_collections.ConfigDict()
   c.bootstrap.enabled = False
   c.bootstrap.vocab_size = 2048
+  c.bootstrap.atomic_tokens = True   # env names (product ids, option values) as one token
   c.bootstrap.hidden_size = 128
   c.bootstrap.num_layers = 2
   c.bootstrap.num_heads = 4

@@ -42,6 +42,17 @@ def expert_rollouts(c: ml_collections.ConfigDict, tokenizer: Any, num_episodes: 
   return RolloutBatch.concatenate(batches)
 
 
+def family_atomic_strings(c: ml_collections.ConfigDict) -> list[str]:
+  """The env family's indivisible names (`TextEnv.atomic_strings`), read in process."""
+  import environments
+  env = environments.make(c.env.name, **dict(c.env.kwargs.to_dict(), split=c.env.train_split,
+                                              seed=c.seed))
+  try:
+    return env.atomic_strings()
+  finally:
+    env.close()
+
+
 def write_random_model(out_dir: str, tokenizer: Any, *, hidden_size: int,
                        intermediate_size: int, num_layers: int, num_heads: int,
                        num_kv_heads: int, max_positions: int, seed: int = 0) -> Any:
@@ -78,7 +89,8 @@ def bootstrap_model(c: ml_collections.ConfigDict, workdir: str) -> tuple[str, di
   text_batch = expert_rollouts(c, None, min(b.sft_episodes, 64), task_offset=0)
   tokenizer = tiny_tokenizer.build_tokenizer(
       list(text_batch.prompt_texts) + list(text_batch.response_texts), tok_dir,
-      vocab_size=b.vocab_size)
+      vocab_size=b.vocab_size, atomic_strings=family_atomic_strings(c) if b.atomic_tokens
+      else ())
   # 2. Random model, saved as an HF directory with the tokenizer.
   model = write_random_model(
       base_dir, tokenizer, hidden_size=b.hidden_size, intermediate_size=b.intermediate_size,

@@ -14,7 +14,7 @@ No normalizer: NFC/NFKC would change some strings and break the round trip.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
@@ -55,7 +55,7 @@ def _checked_texts(texts: Iterable[str], counts: list[int]) -> Iterator[str]:
 
 
 def build_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike[str], *,
-                    vocab_size: int = 2048,
+                    vocab_size: int = 2048, atomic_strings: Sequence[str] = (),
                     model_max_length: int = 32768) -> transformers.PreTrainedTokenizerFast:
   """Trains a byte-level BPE tokenizer on `texts` and saves it to `out_dir`.
 
@@ -67,8 +67,12 @@ def build_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike[str], *,
       text). Any iterable of str; read once.
     out_dir: where `tokenizer.json`, `tokenizer_config.json` and the chat template are
       written (created if missing).
-    vocab_size: the largest vocabulary wanted, special tokens and the 256 byte tokens
-      included; a small corpus may give fewer merges.
+    vocab_size: the largest BPE vocabulary wanted, special tokens and the 256 byte
+      tokens included; a small corpus may give fewer merges.
+    atomic_strings: names that become one token each wherever they stand as a whole
+      word (e.g. WebShop product ids and option values, `TextEnv.atomic_strings()`), on
+      top of `vocab_size`. A small model then copies a name from its context by
+      attending to one token instead of spelling it piece by piece.
     model_max_length: recorded in the tokenizer config.
 
   Returns:
@@ -100,6 +104,9 @@ def build_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike[str], *,
     raise ValueError("texts is empty (no characters): pass the environment text to "
                      "train the tokenizer on")
 
+  # single_word: "red" stays inside "bored"; normalized=False: matched byte for byte.
+  tokenizer.add_tokens([tokenizers.AddedToken(w, single_word=True, normalized=False)
+                        for w in dict.fromkeys(atomic_strings) if w.strip()])
   fast = transformers.PreTrainedTokenizerFast(
       tokenizer_object=tokenizer,
       eos_token=IM_END,

@@ -45,5 +45,15 @@ class TextEnv(abc.ABC):
   def num_tasks(self) -> int:
     """Number of tasks in this env's split."""
 
+  def atomic_strings(self) -> list[str]:
+    """Names this family's text uses as indivisible units (WebShop: product ids and option
+    values), exactly as they appear in observations and actions.
+
+    A tokenizer built for the family (the tiny preset's) may make each one token, so a
+    small model copies a name by pointing at one token instead of spelling it out.
+    Families without such names return [].
+    """
+    return []
+
   def close(self) -> None:
     """Releases resources (processes, files). Safe to call twice."""

@@ -147,6 +147,10 @@ class ToyEnv(TextEnv):
       info.update(extra)
     return self._obs(), (1.0 if won else 0.0), self._done, info
 
+  def atomic_strings(self) -> list[str]:
+    """The three actions: with each one token, a response is one decision token."""
+    return list(_ADMISSIBLE)
+
   def expert_action(self) -> str:
     if self._task_id is None or self._done:
       raise RuntimeError("ToyEnv.expert_action needs a live episode; call reset() first.")

@@ -146,6 +146,16 @@ class WebShopEnv(TextEnv):
     ep = self._require_episode()
     return expert.next_action(ep, self._catalog.by_asin, self._engine.search)
 
+  def atomic_strings(self) -> list[str]:
+    """Product ids as the results page shows them and as clickables list them (lowercased),
+    and every option value, in catalog order."""
+    names = []
+    for p in self._catalog.products:
+      names += [p.asin, p.asin.lower()]
+      for values in p.options.values():
+        names += values
+    return list(dict.fromkeys(names))
+
   def close(self) -> None:
     self._episode = None
 
