@@ -123,6 +123,13 @@ class PromptTemplate:
     return "\n".join(lines)
 
 
+def extract_bare_action(text: str, *, require_think: bool) -> str | None:
+  """The whole response as the action (one line, no tags); thinking is not supported."""
+  del require_think
+  action = text.strip()
+  return action if action and "\n" not in action else None
+
+
 def _webshop_task(obs: str, info: dict[str, Any]) -> str:
   if info.get("instruction"):
     return str(info["instruction"])
@@ -143,6 +150,10 @@ def _alfworld_task(obs: str, info: dict[str, Any]) -> str:
 
 def _search_task(obs: str, info: dict[str, Any]) -> str:
   return str(info.get("question", obs))
+
+
+def _toy_task(obs: str, info: dict[str, Any]) -> str:
+  return obs.split(".", 1)[0]
 
 
 TEMPLATES: dict[str, PromptTemplate] = {
@@ -175,6 +186,16 @@ TEMPLATES: dict[str, PromptTemplate] = {
             "further external knowledge needed, you can directly provide the answer inside "
             "<answer> and </answer>, without detailed illustrations. For example, "
             "<answer> Beijing </answer>.")),
+    # The count-to-N test family: the response is the bare action, so its first token is
+    # the decision (a misaligned advantage or log-prob shows at once in learning tests).
+    "toy": PromptTemplate(
+        intro="You are playing a counting game.",
+        goal_word="the target",
+        stop_strings=(),
+        extract=extract_bare_action,
+        task_from=_toy_task,
+        action_tag="",
+        answer_instructions="Reply with one admissible action and nothing else."),
 }
 
 
