@@ -44,6 +44,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every = 10             # iterations between held-out evaluations (0 = never)
   c.checkpoint_every = 10       # iterations between Orbax checkpoints (and at the end)
   c.keep_checkpoints = 3
+  # Seconds from the first SIGTERM/SIGINT to exit: the run stops at an iteration boundary,
+  # saves and exits 0; past this it exits non-zero without saving. Well under the 30 s
+  # grace period of TPU VMs and Kubernetes.
+  c.stop_timeout_s = 20.0
 
   c.model = ml_collections.ConfigDict()
   c.model.path = ""             # local HF directory (config.json + safetensors + tokenizer)

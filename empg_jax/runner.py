@@ -7,15 +7,25 @@ import os
 import ml_collections
 
 
+def check(config: ml_collections.ConfigDict) -> None:
+  """Every config check, with the local device count for the mesh (multi-host runs learn
+  theirs only after start-up, so the mesh is checked again when it is built)."""
+  from empg_jax.config_checks import check_config
+  num_devices = None
+  if not config.mesh.distributed:
+    import jax
+    num_devices = jax.device_count()
+  check_config(config, num_devices=num_devices)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Checks the config, bootstraps the tiny preset's model, trains, evaluates.
 
   Returns the last metrics row (plus SFT metrics when a bootstrap ran). The resolved
   config is written to <workdir>/config.json.
   """
-  from empg_jax.config_checks import check_config
   from empg_jax.trainer import Trainer
-  check_config(config)
+  check(config)
   os.makedirs(workdir, exist_ok=True)
   summary = {}
   if config.bootstrap.enabled and not config.model.path:
@@ -40,12 +50,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Writes sampled episodes to <workdir>/samples/; leaves metrics.jsonl untouched.
   """
   from flax import nnx
-  from empg_jax.config_checks import check_config
   from empg_jax.trainer import Trainer
-  check_config(config)
   if config.eval_every <= 0:
     with config.unlocked():
       config.eval_every = 1   # builds the eval pools
+  check(config)
   trainer = Trainer(config, workdir, eval_only=True)
   try:
     trainer.sampler.update_weights(nnx.merge(trainer.graphdef, trainer.params, trainer.rest))

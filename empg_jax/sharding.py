@@ -60,25 +60,14 @@ LOGICAL_AXES_KEY = 'logical_axes'
 _log = logging.getLogger(__name__)
 
 
-def make_mesh(
-    data: int = 1,
-    fsdp: int = -1,
-    tensor: int = 1,
-    devices: Sequence[jax.Device] | None = None,
-) -> Mesh:
-  """Builds the ('data', 'fsdp', 'tensor') mesh with Auto (GSPMD) axis types.
+def resolve_mesh_shape(data: int, fsdp: int, tensor: int,
+                       num_devices: int) -> tuple[int, int, int]:
+  """(data, fsdp, tensor) with the one -1 axis filled in so the product is `num_devices`.
 
-  Args:
-    data: size of the pure data-parallel axis (parameters replicated).
-    fsdp: size of the fully-sharded data-parallel axis; -1 = all remaining devices.
-    tensor: size of the tensor-parallel axis (heads / mlp / vocab split).
-    devices: the devices to use; default all of `jax.devices()`.
-
-  Returns:
-    A `jax.sharding.Mesh` of shape (data, fsdp, tensor).
+  Pure (no device query), so configs can be checked before JAX starts a backend.
+  Raises ValueError when the sizes cannot tile `num_devices`.
   """
-  devices = list(jax.devices() if devices is None else devices)
-  n = len(devices)
+  n = num_devices
   sizes = [data, fsdp, tensor]
   if sizes.count(-1) > 1:
     raise ValueError(f'make_mesh: at most one axis may be -1, got data={data}, '
@@ -99,6 +88,28 @@ def make_mesh(
         f'make_mesh: data*fsdp*tensor = {sizes[0]}*{sizes[1]}*{sizes[2]} = '
         f'{math.prod(sizes)} but there are {n} devices. Make the product equal the '
         'device count, or set one axis to -1.')
+  return tuple(sizes)
+
+
+def make_mesh(
+    data: int = 1,
+    fsdp: int = -1,
+    tensor: int = 1,
+    devices: Sequence[jax.Device] | None = None,
+) -> Mesh:
+  """Builds the ('data', 'fsdp', 'tensor') mesh with Auto (GSPMD) axis types.
+
+  Args:
+    data: size of the pure data-parallel axis (parameters replicated).
+    fsdp: size of the fully-sharded data-parallel axis; -1 = all remaining devices.
+    tensor: size of the tensor-parallel axis (heads / mlp / vocab split).
+    devices: the devices to use; default all of `jax.devices()`.
+
+  Returns:
+    A `jax.sharding.Mesh` of shape (data, fsdp, tensor).
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = list(resolve_mesh_shape(data, fsdp, tensor, len(devices)))
   try:
     # Topology-aware order (matters on TPU slices); falls back on plain order.
     from jax.experimental import mesh_utils

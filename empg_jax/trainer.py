@@ -27,6 +27,8 @@ from empg_jax import batching
 from empg_jax import losses
 from empg_jax import scoring
 from empg_jax.agent import RolloutBatch
+from empg_jax.config_checks import ConfigError, check_config, eval_splits
+from empg_jax.errors import NoUpdateError
 
 
 # ------------------------------------------------------------------------------------
@@ -186,9 +188,12 @@ class PolicyFunctions:
     metrics = {k: (v if k in ("pg_loss", "kl", "entropy") else v / total_tokens)
                for k, v in sums.items()}
     grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, new_opt_state = self.tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
+    # A finite gradient can still give a non-finite update (a NaN learning rate, an
+    # optimizer state gone bad); either way the parameters keep their last good values.
+    finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+              & jnp.isfinite(optax.global_norm(updates)))
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     metrics.update(loss=loss, grad_norm=grad_norm, skipped=1.0 - finite.astype(jnp.float32))
     return keep(new_params, params), keep(new_opt_state, opt_state), metrics
@@ -259,20 +264,6 @@ def _dtype(name: str):
   return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
 
 
-def eval_splits(c: ml_collections.ConfigDict) -> dict[str, str]:
-  """{metric prefix: split}: `eval` for the single split, `eval/<name>` for several."""
-  if not c.env.eval_splits:
-    return {"eval": c.env.eval_split}
-  out = {}
-  for part in c.env.eval_splits.split(","):
-    name, sep, split = part.partition("=")
-    if not sep or not name.strip() or not split.strip():
-      raise ValueError(f"config.env.eval_splits={c.env.eval_splits!r}: expected "
-                       "'name=split,name2=split2'.")
-    out[f"eval/{name.strip()}"] = split.strip()
-  return out
-
-
 def _per_type_success(prefix: str, task_types: list[str], won: np.ndarray) -> dict[str, float]:
   out = {}
   for t in sorted(set(task_types)):
@@ -280,6 +271,20 @@ def _per_type_success(prefix: str, task_types: list[str], won: np.ndarray) -> di
       sel = np.array([x == t for x in task_types])
       out[f"{prefix}/success_rate/{t}"] = float(won[sel].mean())
   return out
+
+
+def check_prompt_budget(tokenizer: Any, template: Any, c: ml_collections.ConfigDict) -> None:
+  """Refuses a prompt budget below an empty prompt's token count (then every episode would
+  end before its first action); runs before the model is loaded or any env starts."""
+  from empg_jax.agent import encode_chat
+  empty = template.render(task="", observation="", admissible_actions=[], history=[],
+                          step_count=0, require_think=c.agent.require_think)
+  need = len(encode_chat(tokenizer, empty))
+  if c.rollout.max_prompt_tokens <= need:
+    raise ConfigError(
+        f"config.rollout.max_prompt_tokens={c.rollout.max_prompt_tokens}: an empty prompt "
+        f"of this template is already {need} tokens with this tokenizer, so every episode "
+        f"would be cut before its first action; raise it well above {need}.")
 
 
 class Trainer:
@@ -300,10 +305,11 @@ class Trainer:
     from empg_jax.agent import AgentConfig, AgentRollout
 
     self.config, self.workdir = config, workdir
-    os.makedirs(workdir, exist_ok=True)
     c = config
     if c.mesh.distributed:
       sharding.maybe_initialize_distributed()
+    check_config(c, num_devices=jax.device_count())
+    os.makedirs(workdir, exist_ok=True)
     if jax.process_count() > 1:
       # Each host would need its own env pool for its slice of the batch and a global
       # assembly of the update arrays; neither is built yet, so refuse instead of running
@@ -313,14 +319,9 @@ class Trainer:
           f"{jax.process_count()}. Use one host (any number of local devices) for now.")
     self.mesh = sharding.make_mesh(data=c.mesh.data, fsdp=c.mesh.fsdp, tensor=c.mesh.tensor)
     self.batch_sharding = sharding.batch_sharding(self.mesh)
-    batch_shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-    if c.train.micro_batch_size % batch_shards:
-      from empg_jax.config_checks import ConfigError
-      raise ConfigError(
-          f"config.train.micro_batch_size={c.train.micro_batch_size} must be a multiple of "
-          f"the batch-parallel devices data*fsdp={batch_shards} of the mesh "
-          f"{dict(self.mesh.shape)}; raise it or set --config.mesh.* accordingly.")
     self.tokenizer = models.load_tokenizer(c.model.path)
+    self.template = prompts_lib.get_template(c.agent.template or c.env.name)
+    check_prompt_budget(self.tokenizer, self.template, c)
     model = models.load_pretrained(c.model.path, mesh=self.mesh, dtype=_dtype(c.model.dtype),
                                    param_dtype=_dtype(c.model.param_dtype),
                                    remat=c.model.remat,
@@ -339,7 +340,6 @@ class Trainer:
         model, tokenizer=self.tokenizer, mesh=self.mesh, pad_token_id=self.pad_id,
         max_cache_len=c.rollout.max_prompt_tokens + c.rollout.max_response_tokens)
     self.stop_token_ids = tuple(models.turn_end_token_ids(self.tokenizer))
-    self.template = prompts_lib.get_template(c.agent.template or c.env.name)
 
     pool_kwargs = dict(num_workers=c.env.num_workers, step_timeout_s=c.env.step_timeout_s)
     env_kwargs = dict(c.env.kwargs.to_dict())
@@ -511,8 +511,8 @@ class Trainer:
             jnp.float32(normalizer))
         metrics = jax.device_get(metrics)
         if metrics["skipped"] > 0:
-          logging.warning("Step %d: non-finite loss or gradient (loss=%s, grad_norm=%s); "
-                          "update skipped.", self._step, metrics["loss"],
+          logging.warning("Step %d: non-finite loss, gradient or update (loss=%s, "
+                          "grad_norm=%s); update skipped.", self._step, metrics["loss"],
                           metrics["grad_norm"])
         for k, v in metrics.items():
           sums[k] = sums.get(k, 0.0) + float(v)
@@ -520,6 +520,7 @@ class Trainer:
     out = {f"train/{k}": v / max(num_updates, 1) for k, v in sums.items()
            if k not in ("skipped",)}
     out["train/skipped_updates"] = sums.get("skipped", 0.0)
+    out["train/applied_updates"] = num_updates - sums.get("skipped", 0.0)
     out["train/policy_loss"] = out.pop("train/pg_loss", 0.0)
     out["train/clip_fraction"] = out.pop("train/pg_clipfrac", 0.0)
     out["train/step_entropy"] = float(np.mean(step_entropy)) if len(step_entropy) else 0.0
@@ -556,6 +557,7 @@ class Trainer:
     """Runs iterations start_step+1 .. total_steps; returns the last metrics row."""
     c = self.config
     last: dict[str, float] = {}
+    applied = 0.0
     if self.start_step == 0 and self.eval_pools:
       self._step = 0
       self.sampler.update_weights(nnx.merge(self.graphdef, self.params, self.rest))
@@ -577,6 +579,8 @@ class Trainer:
       else:
         logging.warning("Step %d: no trainable samples (all groups filtered); no update.",
                         step)
+        row["train/applied_updates"] = 0.0
+      applied += row["train/applied_updates"]
       row["time/update_s"] = time.perf_counter() - t1
       row["train/lr"] = float(self.lr_schedule(step - 1))
       for k, v in self.train_pool.stats.items():
@@ -588,6 +592,13 @@ class Trainer:
       if step % c.checkpoint_every == 0 or step == c.total_steps:
         self.save(step)
       last = row
+    if self.start_step < c.total_steps and applied == 0:
+      raise NoUpdateError(
+          f"No parameter update was applied in steps {self.start_step + 1}-{c.total_steps}: "
+          "every update was skipped (non-finite loss, gradient or update: check the model "
+          "weights and config.optim) or had no trainable samples (every episode cut by "
+          "config.rollout.max_prompt_tokens, hit an env error or was filtered); see "
+          "train/applied_updates and train/truncated_episodes in metrics.jsonl.")
     return last
 
   def close(self) -> None:

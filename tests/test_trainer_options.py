@@ -131,3 +131,53 @@ def test_resumed_run_reproduces_the_uninterrupted_one(model_dir, tmp_path):
   for key in ("train/policy_loss", "train/grad_norm", "train/step_entropy",
               "train/response_length"):
     assert row_a[key] == row_b[key], key
+
+
+@pytest.mark.slow
+def test_non_finite_update_from_a_finite_gradient_is_skipped(model_dir, tmp_path):
+  """A NaN learning rate (the config refuses it; here forced in) gives finite gradients
+  but NaN updates: the parameters and optimizer state keep their values."""
+  from empg_jax.trainer import PolicyFunctions, make_optimizer, minibatch_arrays
+  c = toy_config(model_dir)
+  trainer = Trainer(c, str(tmp_path))
+  try:
+    rollout, _ = trainer.collect(1)
+    trainer._step = 1
+    trainer.update(rollout)
+    optim = c.optim.copy_and_resolve_references()
+    optim.lr = float("nan")
+    tx, _ = make_optimizer(optim)
+    fns = PolicyFunctions(trainer.graphdef, trainer.rest, tx, c.algo, temperature=1.0)
+    opt_state = tx.init(trainer.params)
+    mb = trainer.last_minibatches[0]
+    mb.advantages = np.where(mb.packed.loss_mask > 0, 1.0, 0.0).astype(np.float32)
+    arrays, n = minibatch_arrays(mb, 8, 1)
+    before = jax.tree.map(np.asarray, trainer.params)
+    params, _, metrics = fns.train_step(
+        trainer.params, opt_state, jax.device_put(arrays, trainer.minibatch_sharding),
+        jnp.int32(n), jnp.float32(1.0))
+    assert np.isfinite(float(metrics["grad_norm"])) and float(metrics["skipped"]) == 1.0
+    jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, params))
+  finally:
+    trainer.close()
+
+
+@pytest.mark.slow
+def test_a_run_without_any_update_ends_with_an_error(model_dir, tmp_path):
+  """NaN weights: every update is skipped; the run says so per step and fails at the end."""
+  from empg_jax.errors import NoUpdateError
+  from empg_jax.metrics import read_metrics
+  c = toy_config(model_dir)
+  c.total_steps = 2
+  trainer = Trainer(c, str(tmp_path))
+  trainer.train_agent.generate = _Scripted(trainer.tokenizer)
+  trainer.params = jax.tree.map(lambda x: x * jnp.nan, trainer.params)
+  try:
+    with pytest.raises(NoUpdateError, match="No parameter update was applied in steps 1-2"):
+      trainer.train()
+  finally:
+    trainer.close()
+  rows = read_metrics(str(tmp_path))
+  assert [r["step"] for r in rows] == [1, 2]
+  assert all(r["train/applied_updates"] == 0 and r["train/skipped_updates"] >= 1
+             for r in rows)
