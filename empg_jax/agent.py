@@ -165,11 +165,14 @@ class AgentRollout:
   """
 
   def __init__(self, pool: Any, tokenizer: Any, generate: GenerateFn | None,
-               config: AgentConfig):
+               config: AgentConfig, interrupt: Callable[[], None] | None = None):
+    """`interrupt` is called before every turn; whatever it raises abandons the rollout
+    (the trainer's stop request after SIGTERM)."""
     self.pool = pool
     self.tokenizer = tokenizer
     self.generate = generate
     self.config = config
+    self.interrupt = interrupt
     self.stats = {"truncated_prompts": 0, "history_dropped": 0}
 
   # -- prompts -------------------------------------------------------------------------
@@ -233,6 +236,8 @@ class AgentRollout:
         live = [ep for ep in half if not ep.done]
         if not live:
           continue
+        if self.interrupt is not None:
+          self.interrupt()
         progressed = True
         turn_seed[h] += 1
         pending[h] = self._start_step(live, temperature, turn_seed[h], samples)

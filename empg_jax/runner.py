@@ -22,25 +22,31 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Checks the config, bootstraps the tiny preset's model, trains, evaluates.
 
   Returns the last metrics row (plus SFT metrics when a bootstrap ran). The resolved
-  config is written to <workdir>/config.json.
+  config is written to <workdir>/config.json. SIGTERM or SIGINT stops the run at the
+  next iteration boundary with a checkpoint there (empg_jax.preemption); it then
+  returns normally.
   """
+  from empg_jax.preemption import StopSignals
   from empg_jax.trainer import Trainer
   check(config)
-  os.makedirs(workdir, exist_ok=True)
-  summary = {}
-  if config.bootstrap.enabled and not config.model.path:
-    from empg_jax import bootstrap
-    path, sft_metrics = bootstrap.bootstrap_model(config, workdir)
-    with config.unlocked():
-      config.model.path = path
-    summary.update(sft_metrics)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  trainer = Trainer(config, workdir)
-  try:
-    summary.update(trainer.train())
-  finally:
-    trainer.close()
+  with StopSignals(config.stop_timeout_s) as stop:
+    os.makedirs(workdir, exist_ok=True)
+    summary = {}
+    if config.bootstrap.enabled and not config.model.path:
+      from empg_jax import bootstrap
+      path, sft_metrics = bootstrap.bootstrap_model(config, workdir)
+      with config.unlocked():
+        config.model.path = path
+      summary.update(sft_metrics)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+    if stop.requested:   # during the bootstrap: nothing to checkpoint yet
+      return summary
+    trainer = Trainer(config, workdir, stop=stop)
+    try:
+      summary.update(trainer.train())
+    finally:
+      trainer.close()
   return summary
 
 

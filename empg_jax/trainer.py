@@ -29,6 +29,7 @@ from empg_jax import scoring
 from empg_jax.agent import RolloutBatch
 from empg_jax.config_checks import ConfigError, check_config, eval_splits
 from empg_jax.errors import NoUpdateError
+from empg_jax.preemption import Preempted, StopSignals
 
 
 # ------------------------------------------------------------------------------------
@@ -295,9 +296,10 @@ class Trainer:
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, *,
-               eval_only: bool = False):
+               eval_only: bool = False, stop: StopSignals | None = None):
     """Builds everything; `eval_only` skips the training env pool and leaves the metrics
-    file untouched (launch/eval.py)."""
+    file untouched (launch/eval.py). `stop` (installed by the caller) turns SIGTERM and
+    SIGINT into a checkpoint at the next iteration boundary."""
     # Imports here keep `empg_jax.trainer`'s pure functions importable without a model.
     import environments
     from empg_jax import checkpointing, metrics, models, sampling, sharding
@@ -356,11 +358,17 @@ class Trainer:
             env_kwargs=dict(env_kwargs, split=split, seed=c.seed), **pool_kwargs)
 
     agent_config = AgentConfig.from_config(c)
-    agent = lambda pool: AgentRollout(pool, self.tokenizer, self._generate, agent_config)
+    # Never installed when the caller passes none: a flag nothing sets.
+    self.stop = stop if stop is not None else StopSignals(c.stop_timeout_s)
+    agent = lambda pool: AgentRollout(pool, self.tokenizer, self._generate, agent_config,
+                                      interrupt=self.stop.raise_if_requested)
     self.train_agent = agent(self.train_pool) if self.train_pool is not None else None
     self.eval_agents = {prefix: agent(pool) for prefix, pool in self.eval_pools.items()}
     self.checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=c.keep_checkpoints)
     self.start_step = 0
+    # The row of `start_step` still to be completed by an evaluation and written: the
+    # step-0 evaluation of a fresh run, or an evaluation a stop signal interrupted.
+    self.pending_row: dict[str, float] | None = {} if self.eval_pools else None
     latest = self.checkpointer.latest_step()
     if latest is not None:
       self._restore(latest)
@@ -368,7 +376,8 @@ class Trainer:
     self.metrics = metrics.MetricsWriter(
         workdir, tensorboard=c.log.tensorboard, wandb_project=c.log.wandb_project or None,
         wandb_config=c, is_main_process=is_main, progress_total=c.total_steps,
-        resume_step=self.start_step + 1 if latest is not None and not eval_only else None)
+        resume_step=None if eval_only else self._first_unwritten_step(latest))
+    self.stopped_at: int | None = None
     self.generated_tokens = 0
 
   # -- state --------------------------------------------------------------------------
@@ -385,10 +394,26 @@ class Trainer:
     if self.ref_params is not None:
       self.ref_params = state["ref_params"]
     self.start_step = int(meta["step"])
+    pending = meta.get("pending_row")
+    self.pending_row = None if pending is None else {
+        k: float("nan") if v is None else float(v) for k, v in pending.items()}
     logging.info("Resumed from checkpoint step %d in %s.", step, self.workdir)
 
-  def save(self, step: int) -> None:
-    self.checkpointer.save(step, self._state(), {"step": step, "seed": self.config.seed})
+  def _first_unwritten_step(self, latest: int | None) -> int:
+    """Rows from this step on belong to no checkpoint: a new run rewrites them, so every
+    start cuts the record back to them (everything, without a checkpoint)."""
+    if latest is None:
+      return 0
+    return self.start_step + (0 if self.pending_row is not None else 1)
+
+  def save(self, step: int, pending_row: dict[str, float] | None = None) -> None:
+    """Checkpoints the state after iteration `step`; `pending_row` is that step's metrics
+    when its evaluation (and so its row) is still to be done by the resumed run."""
+    meta: dict[str, Any] = {"step": step, "seed": self.config.seed}
+    if pending_row is not None:
+      meta["pending_row"] = {k: (float(v) if np.isfinite(v) else None)
+                             for k, v in pending_row.items()}
+    self.checkpointer.save(step, self._state(), meta)
 
   # -- generation ---------------------------------------------------------------------
 
@@ -554,23 +579,37 @@ class Trainer:
   # -- loop ---------------------------------------------------------------------------
 
   def train(self) -> dict[str, float]:
-    """Runs iterations start_step+1 .. total_steps; returns the last metrics row."""
+    """Runs iterations start_step+1 .. total_steps; returns the last metrics row.
+
+    After a stop signal the loop ends at an iteration boundary with a checkpoint there
+    (`self.stopped_at` is its step): a rollout in progress is abandoned (the state is
+    still the previous iteration's), an update runs to its end, an evaluation in
+    progress is left to the resumed run (its row waits in the checkpoint).
+    """
     c = self.config
     last: dict[str, float] = {}
     applied = 0.0
-    if self.start_step == 0 and self.eval_pools:
-      self._step = 0
-      self.sampler.update_weights(nnx.merge(self.graphdef, self.params, self.rest))
-      row = self.evaluate(0)
-      self.metrics.write(0, row)
-      logging.info("step 0 eval: %s", row)
+    if self.pending_row is not None:
+      self._step = self.start_step
+      row = dict(self.pending_row)
+      try:
+        self._evaluate_into(self.start_step, row)
+      except Preempted:
+        return self._stop(self.start_step, pending_row=row)
+      self.metrics.write(self.start_step, row)
+      logging.info("step %d eval: %s", self.start_step, row)
       last = row
     for step in range(self.start_step + 1, c.total_steps + 1):
+      if self.stop.requested:
+        return self._stop(step - 1) or last
       self._step = step
       self.sampler.update_weights(nnx.merge(self.graphdef, self.params, self.rest))
       t0 = time.perf_counter()
       tokens_before = self.generated_tokens
-      rollout, row = self.collect(step)
+      try:
+        rollout, row = self.collect(step)
+      except Preempted:
+        return self._stop(step - 1) or last
       t1 = time.perf_counter()
       row["time/rollout_s"] = t1 - t0
       row["perf/tokens_per_s"] = (self.generated_tokens - tokens_before) / max(t1 - t0, 1e-9)
@@ -586,13 +625,17 @@ class Trainer:
       for k, v in self.train_pool.stats.items():
         row[f"env/pool_{k}"] = float(v)
       if c.eval_every > 0 and (step % c.eval_every == 0 or step == c.total_steps):
-        self.sampler.update_weights(nnx.merge(self.graphdef, self.params, self.rest))
-        row.update(self.evaluate(step))
+        try:
+          self._evaluate_into(step, row)
+        except Preempted:
+          return self._stop(step, pending_row=row)
       self.metrics.write(step, row)
-      if step % c.checkpoint_every == 0 or step == c.total_steps:
-        self.save(step)
       last = row
-    if self.start_step < c.total_steps and applied == 0:
+      if step % c.checkpoint_every == 0 or step == c.total_steps or self.stop.requested:
+        self.save(step)
+      if self.stop.requested:
+        return self._stop(step) or last
+    if applied == 0 and self.start_step < c.total_steps:
       raise NoUpdateError(
           f"No parameter update was applied in steps {self.start_step + 1}-{c.total_steps}: "
           "every update was skipped (non-finite loss, gradient or update: check the model "
@@ -600,6 +643,21 @@ class Trainer:
           "config.rollout.max_prompt_tokens, hit an env error or was filtered); see "
           "train/applied_updates and train/truncated_episodes in metrics.jsonl.")
     return last
+
+  def _evaluate_into(self, step: int, row: dict[str, float]) -> None:
+    self.stop.raise_if_requested()
+    self.sampler.update_weights(nnx.merge(self.graphdef, self.params, self.rest))
+    row.update(self.evaluate(step))
+
+  def _stop(self, step: int, pending_row: dict[str, float] | None = None) -> dict[str, float]:
+    """Checkpoints the boundary after `step` (unless that checkpoint exists) and records
+    where the run stopped; returns the pending row (empty if none)."""
+    if pending_row is not None or self.checkpointer.latest_step() != step:
+      self.save(step, pending_row)
+    self.stopped_at = step
+    logging.warning("%s: stopped after step %d with a checkpoint there; run the same "
+                    "command to resume.", self.stop.name, step)
+    return dict(pending_row or {})
 
   def close(self) -> None:
     self.metrics.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import threading
 import time
 import traceback
@@ -54,6 +55,9 @@ def worker_main(factory: Callable[..., Any], env_kwargs: dict[str, Any],
                 env_ids: list[int], req_conn: Connection, resp_conn: Connection,
                 parent_pid: int) -> None:
   """Entry point of a worker process (started with the `spawn` context)."""
+  # Ctrl-C reaches the whole process group; the trainer decides when the workers stop
+  # (it finishes its iteration, saves, then closes the pool).
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
   threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
   try:
     envs = {env_id: factory(**env_kwargs) for env_id in env_ids}
