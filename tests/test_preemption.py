@@ -146,3 +146,39 @@ def test_launch_train_exits_0_soon_after_sigterm(model_dir, tmp_path):
   assert steps == list(range(1, len(steps) + 1))
   assert checkpointing.Checkpointer(str(workdir)).latest_step() == steps[-1]
   assert "SIGTERM: stopped after step" in out
+
+
+class _Killed(BaseException):
+  """Stands in for kill -9: raised mid-update, past every `except Exception`."""
+
+
+@pytest.mark.slow
+def test_a_kill_chain_before_and_after_the_first_checkpoint_leaves_one_row_per_step(
+    model_dir, straight, tmp_path, monkeypatch):
+  from test_metrics import _read_events
+  workdir = str(tmp_path / "run")
+  real = trainer_lib.Trainer.update
+
+  def run_until_killed_at(step):
+    def update(self, rollout):
+      if self._step == step:
+        raise _Killed
+      return real(self, rollout)
+    monkeypatch.setattr(trainer_lib.Trainer, "update", update)
+    with pytest.raises(_Killed):
+      runner.train(toy_run.config(model_dir), workdir)
+
+  run_until_killed_at(2)          # before the first checkpoint (step 2)
+  run_until_killed_at(2)          # again: the old rows 0 and 1 must not stay
+  assert [r["step"] for r in read_metrics(workdir)] == [0, 1]
+  assert checkpointing.Checkpointer(workdir).latest_step() is None
+  run_until_killed_at(4)          # after it: rows 0-3, checkpoint 2
+  assert [r["step"] for r in read_metrics(workdir)] == [0, 1, 2, 3]
+  monkeypatch.undo()
+  runner.train(toy_run.config(model_dir), workdir)
+  assert comparable(read_metrics(workdir)) == comparable(straight)
+  # Each start told TensorBoard where the record resumes: nothing kept without a
+  # checkpoint (purge at 0), after step 2 with one.
+  purges = [e.step for e in _read_events(os.path.join(workdir, "tensorboard"))
+            if e.HasField("session_log") and e.session_log.status == e.session_log.START]
+  assert purges == [0, 0, 0, 3]
