@@ -5,17 +5,44 @@ pytree node type (NNX State, optax states) round-trips; restoring rebuilds the l
 structure from the in-memory template, with each array placed on the template's sharding.
 A checkpoint is complete only once Orbax finalises it, so a run killed mid-save resumes
 from the previous complete step.
+
+Orbax checksums only its index, not the array bytes, so a flipped byte in a saved array
+would load silently. Each save therefore stores a CRC32 of every array in the JSON meta
+(written in the same atomic Orbax commit) and each restore checks them. A step that
+cannot be read, lacks its meta or fails a checksum (a stray empty directory, a damaged
+file) is reported in one line, renamed aside to `bad-<step>` and the next older step is
+tried (`restore_latest`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import zlib
 from typing import Any, Iterator
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
+
+from empg_jax.errors import UserError
+
+BAD_PREFIX = "bad-"
+
+
+class CheckpointMismatch(UserError):
+  """A readable checkpoint of another model or optimizer: no fallback would help."""
+
+
+class CorruptCheckpoint(ValueError):
+  """A checkpoint step whose contents fail a check (checksum, meta)."""
+
+
+def array_crc32(x: Any) -> int:
+  """CRC32 of an array's bytes in C order (any dtype, bfloat16 included)."""
+  a = np.ascontiguousarray(np.asarray(x)).reshape(-1)
+  return zlib.crc32(a.view(np.uint8).data)
 
 
 def _flatten(tree: Any) -> dict[str, Any]:
@@ -28,7 +55,7 @@ def _unflatten_like(template: Any, flat: dict[str, Any]) -> Any:
   missing = [jax.tree_util.keystr(p) for p, _ in paths_leaves
              if jax.tree_util.keystr(p) not in flat]
   if missing:
-    raise ValueError(f"Checkpoint lacks {len(missing)} entries of the current state, e.g. "
+    raise CheckpointMismatch(f"Checkpoint lacks {len(missing)} entries of the current state, e.g. "
                      f"{missing[:3]}: was it written by a different model or optimizer?")
   return jax.tree_util.tree_unflatten(
       treedef, [flat[jax.tree_util.keystr(p)] for p, _ in paths_leaves])
@@ -68,19 +95,86 @@ class Checkpointer:
       return self.manager.latest_step()
 
   def save(self, step: int, state: dict[str, Any], meta: dict[str, Any]) -> None:
-    """Saves `state` (a pytree of arrays, e.g. {'params':..., 'opt_state':...}) and JSON meta."""
+    """Saves `state` (a pytree of arrays, e.g. {'params':..., 'opt_state':...}) and JSON meta
+    (plus the arrays' checksums)."""
+    flat = _flatten(state)
+    meta = dict(meta, crc32={k: array_crc32(v) for k, v in flat.items()})
     with _orbax_quiet():
       self.manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(_flatten(state)), meta=ocp.args.JsonSave(meta)),
-                        force=True)
+          state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(meta)), force=True)
       self.manager.wait_until_finished()
 
   def restore(self, step: int, template: dict[str, Any]) -> tuple[dict[str, Any], dict]:
-    """Restores into the structure and shardings of `template` -> (state, meta)."""
+    """Restores into the structure and shardings of `template` -> (state, meta).
+
+    Raises CorruptCheckpoint when an array fails its checksum or the meta does not
+    belong to `step`, CheckpointMismatch when the state's structure differs.
+    """
+    self._check_structure(step, template)
     with _orbax_quiet():
       restored = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(_abstract(template)), meta=ocp.args.JsonRestore()))
-    return _unflatten_like(template, restored["state"]), dict(restored["meta"])
+    meta = dict(restored["meta"])
+    if meta.get("step") != step:
+      raise CorruptCheckpoint(f"its meta says step {meta.get('step')!r}")
+    crcs = meta.pop("crc32", None)
+    if crcs is not None:
+      for key, value in restored["state"].items():
+        if key in crcs and array_crc32(value) != crcs[key]:
+          raise CorruptCheckpoint(f"array {key} fails its CRC32 checksum")
+    return _unflatten_like(template, restored["state"]), meta
+
+  def _check_structure(self, step: int, template: dict[str, Any]) -> None:
+    """A step whose arrays are not the template's is another model's, not a damaged one."""
+    from etils import epath
+    try:
+      with _orbax_quiet():
+        on_disk = set(ocp.StandardCheckpointHandler().metadata(
+            epath.Path(self.directory) / str(step) / "state").keys())
+    except Exception as e:  # pylint: disable=broad-except
+      raise CorruptCheckpoint(f"its array metadata is unreadable ({type(e).__name__})") from e
+    expected = set(_flatten(template))
+    if on_disk != expected:
+      missing, extra = sorted(expected - on_disk), sorted(on_disk - expected)
+      raise CheckpointMismatch(
+          f"Checkpoint step {step} in {self.directory} holds another model or optimizer "
+          f"(missing {len(missing)} arrays, e.g. {missing[:2]}; {len(extra)} unknown, e.g. "
+          f"{extra[:2]}): use another --workdir, or the config it was trained with.")
+
+  def restore_latest(self, template: dict[str, Any]
+                     ) -> tuple[int, dict[str, Any], dict] | None:
+    """The newest step that restores and passes its checks -> (step, state, meta), or None.
+
+    Each newer step that fails is logged in one line and renamed aside (kept for a look).
+    """
+    with _orbax_quiet():
+      steps = sorted(self.manager.all_steps(), reverse=True)
+    for step in steps:
+      try:
+        state, meta = self.restore(step, template)
+      except CheckpointMismatch:
+        raise
+      except Exception as e:  # pylint: disable=broad-except  # Orbax/TensorStore errors vary
+        aside = self._move_aside(step)
+        reason = " ".join(str(e).split())[:300] or type(e).__name__
+        absl_logging.warning("Checkpoint step %d in %s is unusable (%s: %s); moved it to %s "
+                             "and trying the previous step.", step, self.directory,
+                             type(e).__name__, reason, os.path.basename(aside))
+        continue
+      return step, state, meta
+    return None
+
+  def _move_aside(self, step: int) -> str:
+    source = os.path.join(self.directory, str(step))
+    target = os.path.join(self.directory, f"{BAD_PREFIX}{step}")
+    n = 1
+    while os.path.exists(target):
+      target = os.path.join(self.directory, f"{BAD_PREFIX}{step}-{n}")
+      n += 1
+    os.rename(source, target)
+    with _orbax_quiet():
+      self.manager.reload()
+    return target
 
   def close(self) -> None:
     with _orbax_quiet():

@@ -369,9 +369,10 @@ class Trainer:
     # The row of `start_step` still to be completed by an evaluation and written: the
     # step-0 evaluation of a fresh run, or an evaluation a stop signal interrupted.
     self.pending_row: dict[str, float] | None = {} if self.eval_pools else None
-    latest = self.checkpointer.latest_step()
-    if latest is not None:
-      self._restore(latest)
+    restored = self.checkpointer.restore_latest(self._state())
+    latest = None if restored is None else restored[0]
+    if restored is not None:
+      self._restore(*restored)
     is_main = jax.process_index() == 0
     self.metrics = metrics.MetricsWriter(
         workdir, tensorboard=c.log.tensorboard, wandb_project=c.log.wandb_project or None,
@@ -388,8 +389,7 @@ class Trainer:
       state["ref_params"] = self.ref_params
     return state
 
-  def _restore(self, step: int) -> None:
-    state, meta = self.checkpointer.restore(step, self._state())
+  def _restore(self, step: int, state: dict[str, Any], meta: dict[str, Any]) -> None:
     self.params, self.opt_state = state["params"], state["opt_state"]
     if self.ref_params is not None:
       self.ref_params = state["ref_params"]
