@@ -8,6 +8,7 @@ official games are used instead (`--config.env.kwargs.source=real`).
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from configs import base
 
@@ -19,7 +20,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.env.train_split = "train"
   c.env.eval_split = "eval_out_of_distribution"
   c.env.max_steps = 50
-  c.env.kwargs = ml_collections.ConfigDict({"max_steps": 50, "translate_put": True})
+  # Every argument of environments.alfworld.env.AlfWorldEnv (but split/seed), with its
+  # default, so each can be set from the command line (--config.env.kwargs.source=real).
+  c.env.kwargs = ml_collections.ConfigDict({
+      "max_steps": 50, "translate_put": True, "source": "auto",
+      "data_dir": placeholder(str), "alfworld_data": placeholder(str),
+      "task_types": placeholder(tuple)})
   c.agent.history_length = 2
   c.rollout.max_prompt_tokens = 2048
   c.rollout.max_response_tokens = 512

@@ -8,6 +8,7 @@ over the built-in corpus; point it at your own Search-R1 server with
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from configs import base
 
@@ -19,8 +20,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.env.train_split = "train"
   c.env.eval_splits = "in_domain=test_in_domain,out_of_domain=test_out_of_domain"
   c.env.max_steps = 4
-  c.env.kwargs = ml_collections.ConfigDict({"max_turns": 4, "topk": 3,
-                                            "reward_kind": "em"})
+  # Every argument of environments.search.env.SearchEnv (but split/seed), with its
+  # default, so each can be set from the command line.
+  c.env.kwargs = ml_collections.ConfigDict({
+      "max_turns": 4, "topk": 3, "reward_kind": "em", "server_url": placeholder(str),
+      "qa_file": placeholder(str), "data_dir": placeholder(str), "timeout_s": 5.0,
+      "max_retries": 2, "retry_backoff_s": 0.25, "structure_format_score": 0.2,
+      "final_format_score": 0.1, "retrieval_score": 0.1, "expert_fallback": True})
   c.agent.history_length = 4
   c.rollout.max_prompt_tokens = 4096
   c.rollout.max_response_tokens = 512

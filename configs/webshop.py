@@ -8,6 +8,7 @@
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from configs import base
 
@@ -16,6 +17,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   size, algo = base.parse_preset(arg)
   c = base.base_config()
   c.env.name = "webshop"
+  # Every argument of environments.webshop.env.WebShopEnv (but split/seed), with its
+  # default, so each can be set from the command line.
+  c.env.kwargs = ml_collections.ConfigDict({
+      "max_steps": 15, "data_dir": placeholder(str), "products_file": placeholder(str),
+      "attributes_file": placeholder(str), "goals_file": placeholder(str)})
   c.env.train_split = "train"
   c.env.eval_split = "test"
   c.env.max_steps = 15
