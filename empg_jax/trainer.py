@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from typing import Any
@@ -265,12 +266,15 @@ def _dtype(name: str):
   return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
 
 
-def _per_type_success(prefix: str, task_types: list[str], won: np.ndarray) -> dict[str, float]:
+def _per_type_success(prefix: str, task_types: list[str], won: np.ndarray,
+                      counted: np.ndarray) -> dict[str, float]:
+  """Success per task type over the `counted` (env-error-free) episodes; NaN for a type
+  whose episodes all hit env errors."""
   out = {}
   for t in sorted(set(task_types)):
     if t:
-      sel = np.array([x == t for x in task_types])
-      out[f"{prefix}/success_rate/{t}"] = float(won[sel].mean())
+      sel = np.array([x == t for x in task_types]) & counted
+      out[f"{prefix}/success_rate/{t}"] = float(won[sel].mean()) if sel.any() else math.nan
   return out
 
 
@@ -465,8 +469,12 @@ class Trainer:
     return RolloutBatch.concatenate(batches), stats
 
   def _rollout_metrics(self, prefix: str, b: RolloutBatch) -> dict[str, float]:
-    m = {f"{prefix}/success_rate": float(b.won.mean()) if b.num_traj else 0.0,
-         f"{prefix}/score": float(b.score.mean()) if b.num_traj else 0.0}
+    # An episode an env error ended says nothing about the policy: rates are over the
+    # others (NaN when there are none), with the error count beside them.
+    counted = ~np.asarray(b.env_error, bool)
+    m = {f"{prefix}/success_rate": float(b.won[counted].mean()) if counted.any() else math.nan,
+         f"{prefix}/score": float(b.score[counted].mean()) if counted.any() else math.nan,
+         f"{prefix}/env_errors": float((~counted).sum())}
     if prefix == "train":
       n = max(b.num_samples, 1)
       m.update({
@@ -478,9 +486,8 @@ class Trainer:
                                             if b.num_samples else 0.0,
           "train/response_length": float(sum(len(t) for t in b.response_tokens) / n),
           "train/truncated_episodes": float(b.truncated.sum()),
-          "env/errors": float(b.env_error.sum()),
       })
-    m.update(_per_type_success(prefix, b.task_type, b.won))
+    m.update(_per_type_success(prefix, b.task_type, b.won, counted))
     return m
 
   # -- update -------------------------------------------------------------------------

@@ -21,7 +21,7 @@ REQUIRED_KEYS = [
     "train/invalid_action_rate", "train/entropy", "train/step_entropy", "train/kl",
     "train/policy_loss", "train/clip_fraction", "train/grad_norm", "train/lr",
     "train/response_length", "time/rollout_s", "time/update_s", "perf/tokens_per_s",
-    "env/errors", "eval/success_rate", "eval/score",
+    "train/env_errors", "eval/success_rate", "eval/score", "eval/env_errors",
 ]
 
 

@@ -167,3 +167,20 @@ def test_launch_train_applies_overrides_and_fails_before_any_work(tmp_path):
   assert proc.returncode != 0
   assert "group_size=1" in proc.stderr and "--config.rl.group_size=8" in proc.stderr
   assert not (workdir / "bootstrap").exists()   # nothing expensive started
+
+
+def test_success_rates_leave_out_env_error_episodes_and_count_them():
+  import math
+  from types import SimpleNamespace
+  b = SimpleNamespace(num_traj=4, won=np.array([True, False, False, True]),
+                      score=np.array([1.0, 0.5, 0.0, 1.0]),
+                      env_error=np.array([False, False, True, True]),
+                      task_type=["a", "a", "b", "b"])
+  m = trainer.Trainer._rollout_metrics(None, "eval/in_domain", b)
+  assert m["eval/in_domain/success_rate"] == 0.5          # 1 of the 2 error-free
+  assert m["eval/in_domain/score"] == 0.75
+  assert m["eval/in_domain/env_errors"] == 2.0
+  assert m["eval/in_domain/success_rate/a"] == 0.5
+  assert math.isnan(m["eval/in_domain/success_rate/b"])   # only errors: no rate
+  b.env_error[:] = True
+  assert math.isnan(trainer.Trainer._rollout_metrics(None, "eval", b)["eval/success_rate"])
