@@ -595,7 +595,7 @@ class Trainer:
     """
     c = self.config
     last: dict[str, float] = {}
-    applied = 0.0
+    applied, no_signal = 0.0, 0
     if self.pending_row is not None:
       self._step = self.start_step
       row = dict(self.pending_row)
@@ -627,6 +627,10 @@ class Trainer:
                         step)
         row["train/applied_updates"] = 0.0
       applied += row["train/applied_updates"]
+      # DAPO dropping every group (equal rewards within each) is an iteration without a
+      # learning signal, like GRPO's all-zero advantages, not a failure.
+      no_signal += (rollout.num_samples == 0
+                    and row.get("train/dynamic_sampling/dropped_groups", 0.0) > 0)
       row["time/update_s"] = time.perf_counter() - t1
       row["train/lr"] = float(self.lr_schedule(step - 1))
       for k, v in self.train_pool.stats.items():
@@ -642,12 +646,12 @@ class Trainer:
         self.save(step)
       if self.stop.requested:
         return self._stop(step) or last
-    if applied == 0 and self.start_step < c.total_steps:
+    if applied == 0 and no_signal == 0 and self.start_step < c.total_steps:
       raise NoUpdateError(
           f"No parameter update was applied in steps {self.start_step + 1}-{c.total_steps}: "
           "every update was skipped (non-finite loss, gradient or update: check the model "
           "weights and config.optim) or had no trainable samples (every episode cut by "
-          "config.rollout.max_prompt_tokens, hit an env error or was filtered); see "
+          "config.rollout.max_prompt_tokens or hit an env error); see "
           "train/applied_updates and train/truncated_episodes in metrics.jsonl.")
     return last
 
