@@ -82,6 +82,9 @@ class PromptTemplate:
   invalid_to_env: bool = False
   # Tag the action is written in; "" when actions carry their own tags (Search-R1).
   action_tag: str = "action"
+  # The user message is the current observation alone (no task line, history, action
+  # list or instructions): for families whose observation states everything.
+  observation_only: bool = False
 
   def format_response(self, action: str, *, thought: str | None = None) -> str:
     """The response an ideal agent writes for `action` (SFT targets from the expert)."""
@@ -93,6 +96,8 @@ class PromptTemplate:
   def render(self, *, task: str, observation: str, admissible_actions: Sequence[str],
              history: Sequence[Step], step_count: int, require_think: bool) -> str:
     """The user message for the current step. `history` holds the most recent steps."""
+    if self.observation_only:
+      return observation
     lines = [self.intro, f"Your task is to: {task}."]
     if step_count > 0 and history:
       lines.append(
@@ -186,16 +191,18 @@ TEMPLATES: dict[str, PromptTemplate] = {
             "further external knowledge needed, you can directly provide the answer inside "
             "<answer> and </answer>, without detailed illustrations. For example, "
             "<answer> Beijing </answer>.")),
-    # The count-to-N test family: the response is the bare action, so its first token is
-    # the decision (a misaligned advantage or log-prob shows at once in learning tests).
+    # The count-to-N test family: the prompt is the observation ("Count to 7. The counter
+    # is 4.") and the response the bare action, so a tiny model reads the state at once
+    # and the response's first token is the decision (a misaligned advantage or log-prob
+    # shows at once in learning tests).
     "toy": PromptTemplate(
-        intro="You are playing a counting game.",
+        intro="",
         goal_word="the target",
         stop_strings=(),
         extract=extract_bare_action,
         task_from=_toy_task,
         action_tag="",
-        answer_instructions="Reply with one admissible action and nothing else."),
+        observation_only=True),
 }
 
 
