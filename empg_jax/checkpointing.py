@@ -17,6 +17,7 @@ tried (`restore_latest`).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import zlib
 from typing import Any, Iterator
@@ -70,13 +71,18 @@ def _abstract(tree: Any) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _orbax_quiet() -> Iterator[None]:
-  """Orbax logs dozens of INFO lines per save through absl; keep the console readable."""
-  level = absl_logging.get_verbosity()
-  absl_logging.set_verbosity(max(level, absl_logging.WARNING))
+  """Orbax logs dozens of INFO lines per save through absl; keep the console readable.
+
+  Sets and restores the absl logger's own level (often NOTSET: it follows the root
+  logger), so the program's logging configuration is left exactly as it was.
+  """
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
   try:
     yield
   finally:
-    absl_logging.set_verbosity(level)
+    logger.setLevel(level)
 
 
 class Checkpointer:
