@@ -1,13 +1,16 @@
 """Search QA environment: protocol, rewards, expert, managed server, failures."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 import environments
 from environments.base import INFO_KEYS
@@ -90,6 +93,27 @@ def test_parse_action_takes_the_first_tag_pair():
   assert answers.parse_action("<search>x</answer>") == (None, "")
 
 
+_SEARCH_R1_TAG_RE = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL)
+
+
+@hypothesis.settings(max_examples=400, deadline=None)
+@hypothesis.given(st.lists(st.sampled_from(
+    ["<search>", "</search>", "<answer>", "</answer>", "<search", "x", " q ", "\n", "<"]),
+    max_size=14).map("".join))
+def test_parse_action_agrees_with_search_r1s_regex(text):
+  m = _SEARCH_R1_TAG_RE.search(text)
+  assert answers.parse_action(text) == ((m.group(1), m.group(2).strip()) if m else (None, ""))
+
+
+def test_parse_action_is_linear_in_hostile_output():
+  # 64K characters of unclosed tags: the regex rescans to the end from every opening.
+  text = "<search>" * 8192
+  start = time.perf_counter()
+  assert answers.parse_action(text) == (None, "")
+  assert answers.parse_action(text + "<answer>a</answer>") == ("answer", "a")
+  assert time.perf_counter() - start < 0.5
+
+
 # -- protocol -------------------------------------------------------------------------------
 def test_episode_protocol_and_info(data_dir, server_url):
   env = make(data_dir, server_url, split="test_in_domain")
@@ -122,6 +146,18 @@ def test_invalid_output_gets_search_r1_retry_message(data_dir, server_url):
   assert obs == SEARCH_R1_RETRY and info["valid_action"] is False and not done and r == 0.0
   obs, _, done, info = env.step(12345)  # not even a string: still no exception
   assert obs == SEARCH_R1_RETRY and not done
+  env.close()
+
+
+def test_unsendable_queries_are_invalid_actions_not_void_episodes(data_dir, server_url):
+  env = make(data_dir, server_url, split="train")
+  env.reset(0)
+  for query in ("capital \ud800 of", "q" * 8193):  # a lone surrogate; over the server's limit
+    obs, r, done, info = env.step(f"<search> {query} </search>")
+    assert (obs, r, done) == (SEARCH_R1_RETRY, 0.0, False)
+    assert info["valid_action"] is False and info["env_error"] is False
+  obs, _, done, info = env.step("<search> capital of France </search>")
+  assert obs.startswith("<information>") and info["valid_action"] and not done
   env.close()
 
 

@@ -10,7 +10,7 @@ import collections
 import re
 import string
 
-_ACTION_RE = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL)
+_KINDS = ("search", "answer")
 _PUNCT = set(string.punctuation)
 REWARD_KINDS = ("em", "f1", "em_format")
 
@@ -19,11 +19,21 @@ def parse_action(text: str) -> tuple[str | None, str]:
   """First `<search>..</search>` or `<answer>..</answer>` -> (kind, stripped content).
 
   Search-R1's rule: the first tag pair in the response wins; no pair -> (None, '').
+  The same result as the regex `<(search|answer)>(.*?)</\1>` (DOTALL) in linear time: an
+  opening tag has a pair iff its closing tag occurs after it, which the last closing
+  tag's position answers, so unmatched openings (hostile output) cost no rescans.
   """
-  m = _ACTION_RE.search(text)
-  if not m:
-    return None, ""
-  return m.group(1), m.group(2).strip()
+  last_close = {k: text.rfind(f"</{k}>") for k in _KINDS}
+  start = 0
+  while True:
+    found = [(i, k) for k in _KINDS if (i := text.find(f"<{k}>", start)) >= 0]
+    if not found:
+      return None, ""
+    i, kind = min(found)
+    body = i + len(kind) + 2
+    if last_close[kind] >= body:
+      return kind, text[body:text.find(f"</{kind}>", body)].strip()
+    start = i + 1
 
 
 def normalize_answer(text: str) -> str:

@@ -31,11 +31,23 @@ from pathlib import Path
 from typing import Any
 
 from environments.base import TextEnv
-from environments.search import answers, expert
+from environments.search import answers, expert, server
 from environments.search.client import RetrievalClient, RetrievalError, passages_to_string
 from environments.search.questions import SPLITS
 
 # Search-R1's retry message (llm_agent/generation.py), without its surrounding newlines.
+def _sendable(query: str) -> bool:
+  """Whether the server can take `query`: valid UTF-8 (no lone surrogates from a byte-level
+  decode) and within its length limit."""
+  if len(query) > server.MAX_QUERY_CHARS:
+    return False
+  try:
+    query.encode("utf-8")
+  except UnicodeEncodeError:
+    return False
+  return True
+
+
 INVALID_ACTION_MESSAGE = (
     "My previous action is invalid. If I want to search, I should put the query between "
     "<search> and </search>. If I want to give the final answer, I should put the answer "
@@ -188,6 +200,8 @@ class SearchEnv(TextEnv):
     kind, content = answers.parse_action(action)
     if kind == "answer":
       return self._finish(content, valid=True)
+    if kind == "search" and not _sendable(content):
+      kind = None  # an invalid action: penalised, the episode goes on
     if kind == "search":
       try:
         result = self._retrieve(content)
