@@ -125,6 +125,15 @@ def test_missing_tensor_names_tensor(llama_dir, tmp_path):
     load_pretrained(broken)
 
 
+@pytest.mark.parametrize('keep', [0.5, 0.001])  # cut in the data; cut in the header
+def test_truncated_weights_file_is_named(llama_dir, tmp_path, keep):
+  broken = copy_dir(llama_dir[0], tmp_path / 'm')
+  path = os.path.join(broken, 'model.safetensors')
+  os.truncate(path, int(os.path.getsize(path) * keep))
+  with pytest.raises(CheckpointError, match=r'm/model\.safetensors is not a readable safetensors'):
+    load_pretrained(broken)
+
+
 def test_wrong_shape_names_file_and_tensor(llama_dir, tmp_path):
   broken = copy_dir(llama_dir[0], tmp_path / 'm')
   path = os.path.join(broken, 'model.safetensors')

@@ -18,6 +18,8 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from empg_jax.errors import UserError
+
 SINGLE_FILE = 'model.safetensors'
 INDEX_FILE = 'model.safetensors.index.json'
 _PICKLE_PATTERNS = ('pytorch_model*.bin', '*.pt', '*.pth', '*.ckpt', 'tf_model.h5',
@@ -27,7 +29,7 @@ _SIZE_UNITS = {'B': 1, 'KB': 10**3, 'MB': 10**6, 'GB': 10**9, 'TB': 10**12,
                'KIB': 2**10, 'MIB': 2**20, 'GIB': 2**30, 'TIB': 2**40}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
   """A model directory that cannot be loaded; the message names file and tensor."""
 
 
@@ -67,7 +69,7 @@ def weight_map(model_dir: str) -> dict[str, str]:
   if files:
     mapping = {}
     for fname in files:
-      with safe_open(fname, framework='numpy') as f:
+      with _open(fname) as f:
         for name in f.keys():
           mapping[name] = fname
     return mapping
@@ -84,6 +86,16 @@ def weight_map(model_dir: str) -> dict[str, str]:
   raise CheckpointError(
       f'No weights in {model_dir}: expected {SINGLE_FILE}, or sharded '
       f'model-0000x-of-0000y.safetensors with {INDEX_FILE}. Found: {present or "nothing"}.')
+
+
+def _open(fname: str):
+  """`safe_open(fname)`; a damaged or cut-off file is a CheckpointError that names it."""
+  try:
+    return safe_open(fname, framework='numpy')
+  except Exception as e:  # safetensors raises its own SafetensorError (or OSError)
+    raise CheckpointError(
+        f'{fname} is not a readable safetensors file ({e}); it may be truncated or '
+        'damaged. Copy it again from the source checkpoint.') from e
 
 
 class TensorReader:
@@ -111,7 +123,7 @@ class TensorReader:
   def _handle(self, name: str):
     fname = self.files[name]
     if fname not in self._handles:
-      handle = safe_open(fname, framework='numpy')
+      handle = _open(fname)
       self._handles[fname] = handle.__enter__()
     return self._handles[fname]
 
