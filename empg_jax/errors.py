@@ -13,3 +13,8 @@ class ConfigError(UserError, ValueError):
 
 class NoUpdateError(UserError):
   """A run that applied no parameter update at all: its result would be the start model."""
+
+
+class EnvPoolFailed(UserError):
+  """The env pool gave up (a worker that cannot be restarted); the run saved a checkpoint
+  at the last iteration boundary first, so rerunning the command resumes there."""

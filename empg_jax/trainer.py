@@ -29,7 +29,8 @@ from empg_jax import losses
 from empg_jax import scoring
 from empg_jax.agent import RolloutBatch
 from empg_jax.config_checks import ConfigError, check_config, eval_splits
-from empg_jax.errors import NoUpdateError
+from empg_jax.errors import EnvPoolFailed, NoUpdateError
+from environments.pool import EnvPoolError
 from empg_jax.preemption import Preempted, StopSignals
 
 
@@ -617,6 +618,8 @@ class Trainer:
         rollout, row = self.collect(step)
       except Preempted:
         return self._stop(step - 1) or last
+      except EnvPoolError as e:
+        raise self._pool_failed(step - 1, "the rollout of step %d" % step, e) from e
       t1 = time.perf_counter()
       row["time/rollout_s"] = t1 - t0
       row["perf/tokens_per_s"] = (self.generated_tokens - tokens_before) / max(t1 - t0, 1e-9)
@@ -640,6 +643,9 @@ class Trainer:
           self._evaluate_into(step, row)
         except Preempted:
           return self._stop(step, pending_row=row)
+        except EnvPoolError as e:
+          raise self._pool_failed(step, "the evaluation of step %d" % step, e,
+                                  pending_row=row) from e
       self.metrics.write(step, row)
       last = row
       if step % c.checkpoint_every == 0 or step == c.total_steps or self.stop.requested:
@@ -669,6 +675,15 @@ class Trainer:
     logging.warning("%s: stopped after step %d with a checkpoint there; run the same "
                     "command to resume.", self.stop.name, step)
     return dict(pending_row or {})
+
+  def _pool_failed(self, step: int, during: str, error: Exception,
+                   pending_row: dict[str, float] | None = None) -> EnvPoolFailed:
+    """Checkpoints the boundary after `step` (as a stop signal would) -> the error to raise."""
+    if pending_row is not None or self.checkpointer.latest_step() != step:
+      self.save(step, pending_row)
+    return EnvPoolFailed(
+        f"The env pool failed during {during}: {error} A checkpoint of step {step} was "
+        "saved; fix the environment and rerun the same command to resume.")
 
   def close(self) -> None:
     self.metrics.close()

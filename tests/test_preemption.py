@@ -182,3 +182,25 @@ def test_a_kill_chain_before_and_after_the_first_checkpoint_leaves_one_row_per_s
   purges = [e.step for e in _read_events(os.path.join(workdir, "tensorboard"))
             if e.HasField("session_log") and e.session_log.status == e.session_log.START]
   assert purges == [0, 0, 0, 3]
+
+
+@pytest.mark.slow
+def test_an_env_pool_that_gives_up_saves_the_boundary_first(model_dir, tmp_path, monkeypatch):
+  from environments.pool import EnvPoolError
+  from empg_jax.errors import EnvPoolFailed
+  real = trainer_lib.Trainer.collect
+
+  def collect(self, step):
+    if step == 3:
+      raise EnvPoolError("EnvPool('toy'): worker 0 failed to start 2 times in a row.")
+    return real(self, step)
+
+  monkeypatch.setattr(trainer_lib.Trainer, "collect", collect)
+  workdir = str(tmp_path)
+  # checkpoint_every=4: without the failure path nothing after step 2 would be saved.
+  c = toy_run.config(model_dir, checkpoint_every=4)
+  with pytest.raises(EnvPoolFailed, match=r"rollout of step 3: .*worker 0 failed.* "
+                                          r"checkpoint of step 2 was saved"):
+    runner.train(c, workdir)
+  assert checkpointing.Checkpointer(workdir).latest_step() == 2
+  assert [r["step"] for r in read_metrics(workdir)] == [0, 1, 2]
