@@ -75,7 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.env.max_steps = 15          # agent turns per episode
 
   c.agent = ml_collections.ConfigDict()
-  c.agent.template = ""         # prompt template name (empg_jax.agent.TEMPLATES); "" = env name
+  c.agent.template = ""         # prompt template name (empg_jax.prompts.TEMPLATES); "" = env name
   c.agent.history_length = 2
   c.agent.history_observation_chars = 0   # > 0 cuts past observations (prompt budget)
   c.agent.require_think = True

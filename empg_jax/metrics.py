@@ -37,11 +37,11 @@ WANDB_RUN_ID_FILENAME = "wandb_run_id.txt"
 DEFAULT_PROGRESS_KEYS = (
     "train/success_rate",
     "eval/success_rate",
-    "train/task_score",
+    "train/score",
     "train/loss",
     "train/kl",
     "train/step_entropy",
-    "perf/step_time_s",
+    "perf/tokens_per_s",
 )
 
 
