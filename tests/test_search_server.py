@@ -129,8 +129,21 @@ def test_search_r1_response_shapes(server):
   assert health["status"] == "ok" and health["num_docs"] > 1000
 
 
+@pytest.mark.parametrize("payload", [
+    {"queries": []},
+    {"queries": [], "topk": 3, "return_scores": True},  # what Search-R1's rollout sends
+    {"queries": [], "topk": 5},
+])
+def test_empty_query_list_is_an_empty_result(server, payload):
+  # Search-R1 (llm_agent/generation.py) posts every turn's searches in one request, an
+  # empty list when no trajectory searched, and reads response.json()["result"]; its
+  # retrieval_server.py answers {"result": []} (one entry per query, none here).
+  r = post(server, payload)
+  assert r.status_code == 200, r.text
+  assert r.json() == {"result": []}
+
+
 @pytest.mark.parametrize("payload,status", [
-    ({"queries": [], "topk": 3}, 422),
     ({"queries": ["a"], "topk": 0}, 422),
     ({"queries": ["a"], "topk": 51}, 422),
     ({"queries": ["a"], "topk": "3"}, 422),

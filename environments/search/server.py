@@ -54,8 +54,6 @@ def parse_retrieve_request(body: bytes, default_topk: int) -> tuple[list[str], i
   queries = payload.get("queries")
   if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
     raise RequestError(422, '"queries" must be a list of strings.')
-  if not queries:
-    raise RequestError(422, '"queries" is empty; send at least one query.')
   if len(queries) > MAX_QUERIES:
     raise RequestError(413, f'{len(queries)} queries in one request; at most {MAX_QUERIES}.')
   too_long = [i for i, q in enumerate(queries) if len(q) > MAX_QUERY_CHARS]
@@ -169,6 +167,10 @@ def create_app(retriever, default_topk: int = 3, max_body_bytes: int = MAX_BODY_
       queries, topk, return_scores = parse_retrieve_request(body, default_topk)
     except RequestError as e:
       return JSONResponse({"error": str(e)}, status_code=e.status)
+    if not queries:
+      # Search-R1's rollout posts {"queries": []} on every turn where no trajectory
+      # searches and reads ["result"]; its own server answers an empty list.
+      return JSONResponse({"result": []})
     try:
       # BM25 scoring is CPU work: keep it off the event loop so /health stays live.
       result = await run_in_threadpool(run, queries, topk, return_scores)
