@@ -360,6 +360,17 @@ def test_server_answers_like_the_in_process_retriever(corpus_path, faiss_retriev
                                             "return_scores": True}, timeout=60)
     assert r.status_code == 200, r.text
     served = r.json()["result"]
+    # A lone surrogate made the encoder's tokenizer raise (a 500); the server refuses it
+    # as the request's error before encoding, and goes on serving.
+    r = httpx.post(url + "/retrieve", content=b'{"queries": ["capital \\udc80 of"]}',
+                   timeout=60)
+    assert r.status_code == 422 and "surrogate" in r.json()["error"], r.text
+    r = httpx.post(url + "/retrieve", content=b"[" * 100_000 + b"]" * 100_000, timeout=60)
+    assert r.status_code == 400, r.text
+    assert httpx.post(url + "/retrieve", json={"queries": []}, timeout=60).json() == {
+        "result": []}
+    assert httpx.post(url + "/retrieve", json={"queries": QUERIES[:1]},
+                      timeout=60).status_code == 200
   finally:
     proc.terminate()
     proc.wait(10)

@@ -16,6 +16,7 @@ import pytest
 from bm25s.stopwords import STOPWORDS_EN
 
 from environments.search import data
+from environments.search import server as server_mod
 from environments.search.retriever import BM25Retriever
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,21 +162,81 @@ def test_bad_requests_get_4xx(server, payload, status):
   assert r.json()["error"]
 
 
-def test_malformed_and_oversized_bodies(server):
+@pytest.fixture(scope="module")
+def small_server(builtin, tmp_path_factory):
+  """A server with small per-request limits, to show each limit is a flag and a 413."""
+  proc, url = start_server(builtin.corpus_path, tmp_path_factory.mktemp("small"),
+                           ["--max-body-bytes", str(1 << 20), "--max-queries", "10",
+                            "--max-query-chars", "100"])
+  yield url
+  proc.terminate()
+  proc.wait(10)
+
+
+def test_malformed_and_oversized_bodies(server, small_server):
   r = httpx.post(server + "/retrieve", content=b"{not json", timeout=10)
   assert r.status_code == 400 and "JSON" in r.json()["error"]
-  big = json.dumps({"queries": ["x" * 5000] * 300}).encode()  # ~1.5 MB
-  r = httpx.post(server + "/retrieve", content=big, timeout=10)
-  assert r.status_code == 413
+  big = json.dumps({"queries": ["x" * 50] * 30000}).encode()  # ~1.6 MB
+  r = httpx.post(small_server + "/retrieve", content=big, timeout=10)
+  assert r.status_code == 413 and "byte limit" in r.json()["error"]
   # Streamed without Content-Length: counted as it arrives.
-  r = httpx.post(server + "/retrieve", content=iter([big[i:i + 65536]
-                                                      for i in range(0, len(big), 65536)]),
+  r = httpx.post(small_server + "/retrieve", content=iter([big[i:i + 65536]
+                                                            for i in range(0, len(big), 65536)]),
                  timeout=10)
   assert r.status_code == 413
-  too_long = post(server, {"queries": ["y" * 9000]})
-  assert too_long.status_code == 413
-  # The server is still up and answering.
+  r = post(small_server, {"queries": ["Paris"] * 11})
+  assert r.status_code == 413 and "--max-queries" in r.json()["error"]
+  r = post(small_server, {"queries": ["Paris", "y" * 101]})
+  assert r.status_code == 413 and "--max-query-chars" in r.json()["error"]
+  assert post(small_server, {"queries": ["Paris"] * 10, "topk": 5}).status_code == 200
+  assert post(small_server, {"queries": ["y" * 100]}).status_code == 200
+  # The default limit on query length.
+  assert post(server, {"queries": ["y" * 8193]}).status_code == 413
+  # The servers are still up and answering.
   assert post(server, {"queries": ["Paris"]}).status_code == 200
+  assert post(small_server, {"queries": ["Paris"]}).status_code == 200
+
+
+@pytest.mark.parametrize("body", [
+    b"[" * 100_000 + b"]" * 100_000,
+    b'{"queries": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    b'{"a": ' * 100_000 + b"1" + b"}" * 100_000,
+])
+def test_deeply_nested_json_is_a_400_not_a_500(server, body):
+  # json's decoder raises RecursionError (not ValueError) on such bodies.
+  r = httpx.post(server + "/retrieve", content=body, timeout=10)
+  assert r.status_code == 400, r.text
+  assert "nested" in r.json()["error"]
+  assert post(server, {"queries": ["Paris"]}).status_code == 200
+
+
+def test_lone_surrogate_query_is_a_422(server):
+  # '\\ud800' is valid JSON for a lone surrogate; the byte-level decode of a model's
+  # output can produce one. It is the request's fault, so 4xx, never a 500.
+  body = b'{"queries": ["capital of France", "capital \\ud800 of"], "topk": 3}'
+  assert json.loads(body)["queries"][1] == "capital \ud800 of"
+  r = httpx.post(server + "/retrieve", content=body, timeout=10)
+  assert r.status_code == 422, r.text
+  assert "Query 1" in r.json()["error"] and "surrogate" in r.json()["error"]
+  # A valid surrogate pair (an emoji) is fine.
+  body = b'{"queries": ["capital \\ud83d\\ude00 of France"], "topk": 3}'
+  assert httpx.post(server + "/retrieve", content=body, timeout=10).status_code == 200
+
+
+def test_default_limits_take_a_search_r1_batch(server):
+  # Search-R1's default rollout: train_batch_size 512 x n_agent 5 trajectories, each
+  # search in one request of topk 3..5; a query is at most one 500-token response.
+  queries = [f"capital of country number {i} " + "word " * 380 for i in range(512 * 5)]
+  assert max(len(q) for q in queries) >= 1900
+  r = post(server, {"queries": queries, "topk": 5, "return_scores": True})
+  assert r.status_code == 200, r.text[:500]
+  assert [len(h) for h in r.json()["result"]] == [5] * 2560
+  # And at the limits themselves, checked without the retrieval work: ASCII queries of
+  # the longest length, and non-ASCII ones of 2,000 characters escaped as requests does.
+  for text in ("q" * server_mod.MAX_QUERY_CHARS, "\u00e9" * 2000):
+    body = json.dumps({"queries": [text] * 2560, "topk": 5, "return_scores": True}).encode()
+    assert len(body) <= server_mod.MAX_BODY_BYTES
+    assert len(server_mod.parse_retrieve_request(body, 3)[0]) == 2560
 
 
 def test_user_corpus_index_is_cached_and_rebuilt_on_change(tmp_path):

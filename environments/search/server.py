@@ -9,8 +9,10 @@
 Run it with `python launch/serve_retriever.py --corpus wiki-18.jsonl --port 8000` (or
 `--port 0` for a free port; the server prints `READY http://127.0.0.1:PORT` and writes the
 URL to `--port-file`). `--retriever dense --dense-model DIR` serves exact inner-product
-search over a local sentence encoder's embeddings instead of BM25. Bad requests get a 4xx with a message; an error while serving one
-request is a 500 for that request only.
+search over a local sentence encoder's embeddings instead of BM25. Bad requests (not
+JSON, nested too deeply, lone surrogates, over --max-body-bytes / --max-queries /
+--max-query-chars) get a 4xx with a message; an error while serving one request is a
+500 for that request only.
 """
 
 
@@ -24,7 +26,12 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-MAX_BODY_BYTES = 1 << 20
+# Per-request limits (each a server flag). The defaults never refuse a Search-R1 rollout
+# batch: train_batch_size 512 x n_agent 5 = 2560 queries per turn, each at most one turn's
+# response (max_response_length 500 tokens, well under 8192 characters). Such a batch at
+# the character limit is ~21 MB of ASCII JSON, or ~31 MB with 2,000 non-ASCII characters
+# per query escaped as \uXXXX (requests' json=), so the body limit is 64 MiB.
+MAX_BODY_BYTES = 64 << 20
 MAX_QUERIES = 4096
 MAX_QUERY_CHARS = 8192
 MAX_TOPK = 50
@@ -38,12 +45,18 @@ class RequestError(ValueError):
     self.status = status
 
 
-def parse_retrieve_request(body: bytes, default_topk: int) -> tuple[list[str], int, bool]:
+def parse_retrieve_request(body: bytes, default_topk: int, max_queries: int = MAX_QUERIES,
+                           max_query_chars: int = MAX_QUERY_CHARS
+                           ) -> tuple[list[str], int, bool]:
   """Validates a /retrieve body -> (queries, topk, return_scores); raises RequestError."""
   try:
     payload = json.loads(body)
   except (ValueError, UnicodeDecodeError) as e:
     raise RequestError(400, f"Body is not valid JSON ({e}).") from e
+  except RecursionError as e:
+    # json's C decoder recurses once per nesting level; `[[[[...` a few thousand deep
+    # overflows it. No valid request nests more than two levels.
+    raise RequestError(400, "Body is nested too deeply to be a /retrieve request.") from e
   if not isinstance(payload, dict):
     raise RequestError(422, 'Body must be a JSON object like {"queries": ["..."], '
                        '"topk": 3, "return_scores": true}.')
@@ -54,11 +67,21 @@ def parse_retrieve_request(body: bytes, default_topk: int) -> tuple[list[str], i
   queries = payload.get("queries")
   if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
     raise RequestError(422, '"queries" must be a list of strings.')
-  if len(queries) > MAX_QUERIES:
-    raise RequestError(413, f'{len(queries)} queries in one request; at most {MAX_QUERIES}.')
-  too_long = [i for i, q in enumerate(queries) if len(q) > MAX_QUERY_CHARS]
+  if len(queries) > max_queries:
+    raise RequestError(413, f"{len(queries)} queries in one request; at most {max_queries} "
+                       "(server flag --max-queries).")
+  too_long = [i for i, q in enumerate(queries) if len(q) > max_query_chars]
   if too_long:
-    raise RequestError(413, f"Query {too_long[0]} is longer than {MAX_QUERY_CHARS} characters.")
+    raise RequestError(413, f"Query {too_long[0]} is longer than {max_query_chars} characters "
+                       "(server flag --max-query-chars).")
+  for i, q in enumerate(queries):
+    # JSON's \ud800 escape decodes to a lone surrogate, which no encoder or tokenizer can
+    # take (the dense encoder's tokenizer raised, a 500); refuse it as the client's error.
+    try:
+      q.encode("utf-8")
+    except UnicodeEncodeError as e:
+      raise RequestError(422, f"Query {i} is not valid Unicode (a lone surrogate at "
+                         f"character {e.start}).") from e
   topk = payload.get("topk")
   if topk is None:  # Search-R1 falls back to the server's --topk
     topk = default_topk
@@ -136,7 +159,8 @@ async def _send_json(send, status: int, payload: dict) -> None:
 
 
 def create_app(retriever, default_topk: int = 3, max_body_bytes: int = MAX_BODY_BYTES,
-               name: str = "bm25"):
+               name: str = "bm25", max_queries: int = MAX_QUERIES,
+               max_query_chars: int = MAX_QUERY_CHARS):
   """The ASGI app serving `retriever` (anything with `.search(queries, k)` and `.corpus`)."""
   from fastapi import FastAPI, Request  # pylint: disable=g-import-not-at-top
   from fastapi.responses import JSONResponse  # pylint: disable=g-import-not-at-top
@@ -164,7 +188,8 @@ def create_app(retriever, default_topk: int = 3, max_body_bytes: int = MAX_BODY_
                                     "split the queries over several requests."},
                           status_code=413)
     try:
-      queries, topk, return_scores = parse_retrieve_request(body, default_topk)
+      queries, topk, return_scores = parse_retrieve_request(body, default_topk, max_queries,
+                                                            max_query_chars)
     except RequestError as e:
       return JSONResponse({"error": str(e)}, status_code=e.status)
     if not queries:
@@ -245,7 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--port", type=int, default=8000, help="0 = pick a free port")
   p.add_argument("--port-file", help="write the server URL here once it is ready")
   p.add_argument("--topk", type=int, default=3, help="default topk when a request omits it")
-  p.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES)
+  p.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
+                 help="largest request body accepted (413 above)")
+  p.add_argument("--max-queries", type=int, default=MAX_QUERIES,
+                 help="most queries in one request (413 above)")
+  p.add_argument("--max-query-chars", type=int, default=MAX_QUERY_CHARS,
+                 help="longest query in characters (413 above)")
   p.add_argument("--lease-dir", help=argparse.SUPPRESS)
   p.add_argument("--lock-file", help=argparse.SUPPRESS)
   p.add_argument("--state-file", help=argparse.SUPPRESS)
@@ -257,6 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   if not 1 <= args.topk <= MAX_TOPK:
     raise SystemExit(f"--topk must be in 1..{MAX_TOPK}, got {args.topk}.")
+  for flag in ("max_body_bytes", "max_queries", "max_query_chars"):
+    if getattr(args, flag) < 1:
+      raise SystemExit(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}.")
   if not 0 <= args.port <= 65535:
     raise SystemExit(f"--port must be in 0..65535, got {args.port}.")
   encoder_spec = None
@@ -290,7 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   import uvicorn  # pylint: disable=g-import-not-at-top
   app = create_app(retriever, default_topk=args.topk, max_body_bytes=args.max_body_bytes,
-                   name=args.retriever)
+                   name=args.retriever, max_queries=args.max_queries,
+                   max_query_chars=args.max_query_chars)
   # Bind first so that port 0 resolves to a concrete port we can announce.
   family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
   sock = socket.socket(family, socket.SOCK_STREAM)
