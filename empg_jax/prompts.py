@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 _ACTION_RE = re.compile(r"<action>(.*?)</action>", re.DOTALL)
 _THINK_RE = re.compile(r"<think>.*?</think>", re.DOTALL)
 _SEARCH_OR_ANSWER_RE = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL)
+_SENTENCE_END = (".", "?", "!", "\u2026")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +86,10 @@ class PromptTemplate:
   # The user message is the current observation alone (no task line, history, action
   # list or instructions): for families whose observation states everything.
   observation_only: bool = False
+  # The task line ends with the task's own sentence-ending mark when it has one (search
+  # questions end in "?"); otherwise a "." is added. Off for the verl-agent families,
+  # whose prompts always add the ".".
+  keep_task_punctuation: bool = False
 
   def format_response(self, action: str, *, thought: str | None = None) -> str:
     """The response an ideal agent writes for `action` (SFT targets from the expert)."""
@@ -98,7 +103,9 @@ class PromptTemplate:
     """The user message for the current step. `history` holds the most recent steps."""
     if self.observation_only:
       return observation
-    lines = [self.intro, f"Your task is to: {task}."]
+    # A question that already ends a sentence ("... the Shilling?") gets no second mark.
+    end = "" if self.keep_task_punctuation and task.rstrip().endswith(_SENTENCE_END) else "."
+    lines = [self.intro, f"Your task is to: {task}{end}"]
     if step_count > 0 and history:
       lines.append(
           f"Prior to this step, you have already taken {step_count} step(s). Below are the "
@@ -183,6 +190,7 @@ TEMPLATES: dict[str, PromptTemplate] = {
         list_actions=False,
         invalid_to_env=True,
         action_tag="",
+        keep_task_punctuation=True,
         answer_instructions=(
             "You must conduct reasoning inside <think> and </think> first every time you get "
             "new information. After reasoning, if you find you lack some knowledge, you can "
