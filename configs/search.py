@@ -28,6 +28,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "max_retries": 2, "retry_backoff_s": 0.25, "structure_format_score": 0.2,
       "final_format_score": 0.1, "retrieval_score": 0.1, "expert_fallback": True})
   c.agent.history_length = 4
+  # Search-R1 (and verl-agent's search projection) count any <search>/<answer> pair as a
+  # valid action, with or without <think>; thinking is rewarded only by em_format.
+  c.agent.require_think = False
   c.rollout.max_prompt_tokens = 4096
   c.rollout.max_response_tokens = 512
   c.rl.success_reward = 1.0     # Search-R1: the reward is the exact match itself

@@ -44,13 +44,16 @@ def extract_search_or_answer(text: str, *, require_think: bool) -> str | None:
   """Search-R1: the first complete `<search>` or `<answer>` block, tags included.
 
   Search-R1 stops generation at the first closing tag, so the first block is the action.
+  An empty block is an action too: Search-R1's postprocess_predictions counts any tag
+  pair as valid, and sends `<search></search>` as the query "".
   """
   match = _SEARCH_OR_ANSWER_RE.search(text)
-  if match is None or not match.group(2).strip():
+  if match is None:
     return None
   if require_think and not _THINK_RE.search(text[:match.start()]):
     return None
-  return f"<{match.group(1)}> {match.group(2).strip()} </{match.group(1)}>"
+  kind, content = match.group(1), match.group(2).strip()
+  return f"<{kind}> {content} </{kind}>" if content else f"<{kind}></{kind}>"
 
 
 def _history_block(history: Sequence[Step], first_index: int) -> str:

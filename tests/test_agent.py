@@ -178,6 +178,11 @@ def test_action_extraction():
   assert sa("<answer>Paris</answer><search>q</search>", require_think=False) == \
       "<answer> Paris </answer>"
   assert sa("nothing", require_think=False) is None
+  # Search-R1: any tag pair is a valid action, an empty one included (query "").
+  assert sa("<search></search>", require_think=False) == "<search></search>"
+  assert sa("<think>t</think><search>\n </search>", require_think=True) == "<search></search>"
+  assert sa("<answer></answer>", require_think=False) == "<answer></answer>"
+  assert sa("<search></search>", require_think=True) is None
 
 
 def test_well_formed_action_the_env_rejects_is_stepped_without_penalty(pool, tokenizer):

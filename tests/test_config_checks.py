@@ -188,3 +188,15 @@ def test_launch_flag_mistakes_are_one_line(args, message, tmp_path):
   assert proc.returncode != 0
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("family,require_think", [
+    ("search", False), ("webshop", True), ("alfworld", True)])
+def test_require_think_default_per_family(family, require_think):
+  # Search-R1's rollout and verl-agent's search projection accept a <search>/<answer>
+  # pair without <think>; verl-agent's WebShop/ALFWorld projections require <think>.
+  import importlib
+  module = importlib.import_module(f"configs.{family}")
+  for preset in ("grpo", "dapo_empg"):
+    assert module.get_config(preset).agent.require_think is require_think
+  assert module.get_config("tiny,grpo").agent.require_think is False

@@ -161,6 +161,23 @@ def test_unsendable_queries_are_invalid_actions_not_void_episodes(data_dir, serv
   env.close()
 
 
+def test_empty_tags_are_valid_actions_as_in_search_r1(data_dir, server_url):
+  # Search-R1's postprocess_predictions: any <search>/<answer> pair is a valid action and
+  # its stripped content, "" included, is the query or the answer.
+  assert answers.parse_action("<search></search>") == ("search", "")
+  assert answers.parse_action("<think>x</think><search>\n  </search>") == ("search", "")
+  env = make(data_dir, server_url, split="train")
+  env.reset(0)
+  for text in ("<search></search>", "<search>  \n </search>"):
+    obs, r, done, info = env.step(text)
+    assert obs.startswith("<information>") and obs.endswith("</information>"), obs
+    assert (r, done, info["valid_action"], info["env_error"]) == (0.0, False, True, False)
+    assert info["action_kind"] == "search"
+  obs, r, done, info = env.step("<answer></answer>")
+  assert done and info["valid_action"] and info["answer"] == "" and r == 0.0
+  env.close()
+
+
 def test_four_turn_limit(data_dir, server_url):
   env = make(data_dir, server_url, split="train")
   env.reset(1)
