@@ -9,6 +9,7 @@ kinds, sampling ranges, mesh shapes) come from the modules that use them.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from typing import Callable, Iterator
@@ -120,6 +121,13 @@ def _check_env(c: ml_collections.ConfigDict) -> None:
   _need(e.name in environments.registered_names(),
         f"config.env.name={e.name!r} is not registered; known: "
         f"{environments.registered_names()}.")
+  params = inspect.signature(environments.factory(e.name)).parameters
+  if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    unknown = sorted(set(e.kwargs.keys()) - set(params))
+    _need(not unknown,
+          f"config.env.kwargs has {unknown}, which the {e.name!r} env does not take (it takes "
+          f"{sorted(set(params) - {'split', 'seed'})}). Another family's config keeps its env "
+          f"kwargs when only env.name changes: use configs/{e.name}.py.")
   _need(bool(e.train_split), "config.env.train_split is empty: name the training split.")
   eval_splits(c)
   _need(e.max_steps >= 1, f"config.env.max_steps={e.max_steps}: must be >= 1.")

@@ -41,6 +41,7 @@ BAD_SETTINGS = [
      "config.train.micro_batch_size=4 must be a multiple of the batch-parallel devices"),
     ({"env.name": "nope"}, "config.env.name='nope' is not registered"),
     ({"env.name": ""}, "config.env.name is empty"),
+    ({"env.name": "toy"}, "which the 'toy' env does not take"),
     ({"env.train_split": ""}, "config.env.train_split is empty"),
     ({"env.eval_splits": "in_domain"}, "config.env.eval_splits='in_domain'"),
     ({"env.eval_splits": "=test"}, "config.env.eval_splits='=test'"),

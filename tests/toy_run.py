@@ -47,8 +47,8 @@ def config(model_dir: str, **changes):
 
 
 def flags(model_dir: str, **changes) -> list[str]:
-  """The same config as `launch/train.py` flags on configs/webshop.py:tiny."""
+  """The same config as `launch/train.py` flags on configs/toy.py:tiny."""
   values = {**OVERRIDES, "model.path": model_dir, **changes}
-  return ["--config=configs/webshop.py:tiny"] + [
+  return ["--config=configs/toy.py:tiny"] + [
       f"--config.{k}={str(v).lower() if isinstance(v, bool) else v}"
       for k, v in values.items()]
