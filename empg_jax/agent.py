@@ -282,7 +282,7 @@ class AgentRollout:
       samples.append(sample)
       step_samples.append(sample)
       if action is not None:
-        actions[ep.env_id] = action
+        actions[ep.env_id] = text if cfg.template.response_to_env else action
       elif cfg.template.invalid_to_env:
         actions[ep.env_id] = text
     handle = self.pool.step_async(actions) if actions else None

@@ -84,6 +84,9 @@ class PromptTemplate:
   # Whether output without a valid action is still sent to the env, whose protocol
   # answers it (Search-R1's retry message); otherwise the env never sees it.
   invalid_to_env: bool = False
+  # Whether the env gets the whole response rather than the extracted action: Search-R1's
+  # em_format reward scores the <think> blocks and any text outside tags.
+  response_to_env: bool = False
   # Tag the action is written in; "" when actions carry their own tags (Search-R1).
   action_tag: str = "action"
   # The user message is the current observation alone (no task line, history, action
@@ -192,6 +195,7 @@ TEMPLATES: dict[str, PromptTemplate] = {
         task_from=_search_task,
         list_actions=False,
         invalid_to_env=True,
+        response_to_env=True,
         action_tag="",
         keep_task_punctuation=True,
         answer_instructions=(

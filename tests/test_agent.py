@@ -219,3 +219,18 @@ def test_search_task_line_keeps_the_question_mark_alone():
   assert _task_line("webshop", "find a mug?") == "Your task is to: find a mug?."
   assert _task_line("alfworld", "put a clean apple in fridge") == \
       "Your task is to: put a clean apple in fridge."
+
+
+def test_response_to_env_sends_the_whole_response(pool, tokenizer):
+  # Search's em_format scores the whole response (<think> and text outside tags), so its
+  # template sends the env the response itself. Shown on the toy env, which accepts only
+  # the bare action: given the whole "<action>add 2</action>" it rejects every step.
+  assert prompts_lib.TEMPLATES["search"].response_to_env
+  assert not prompts_lib.TEMPLATES["webshop"].response_to_env
+  whole = dataclasses.replace(prompts_lib.get_template("alfworld"), response_to_env=True)
+  for template, accepted in ((prompts_lib.get_template("alfworld"), True), (whole, False)):
+    agent = AgentRollout(pool, tokenizer, _policy(tokenizer, _expert_choice),
+                         _config(template=template, overlap_env_steps=False, max_steps=3))
+    batch = agent.run([4], group_size=1, temperature=1.0, seed=0)
+    assert batch.valid_action.all()
+    assert bool(batch.env_accepted.all()) is accepted and bool(batch.env_accepted.any()) is accepted

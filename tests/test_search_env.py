@@ -85,6 +85,79 @@ def test_f1_and_format_rewards():
     answers.episode_reward("bleu", "x", ["x"], True, True)
 
 
+# Worked through Search-R1's qa_em_format.is_valid_sequence by hand (read upstream): the
+# assistant text must be (think search information)* think answer, whitespace between.
+T, I = "<think>t</think>", "\n\n<information>Doc 1(Title: x) y</information>\n\n"
+@pytest.mark.parametrize("text,valid", [
+    (f"{T}<answer> Paris </answer>", True),
+    (f"\n{T}\n<answer>Paris</answer>\n", True),
+    (f"{T}<search>q</search>{I}{T}<search>r</search>{I}{T}<answer>P</answer>", True),
+    (f"{T}<answer></answer>", True),                            # empty blocks are fine
+    ("<answer>Paris</answer>", False),                          # no <think> first
+    (f"{T}<search>q</search>{I}<answer>P</answer>", False),     # no <think> before answer
+    (f"{T} so: <answer>P</answer>", False),                     # text outside tags
+    (f"{T}<answer>P</answer> done", False),
+    (f"{T}<search>q</search>{I}", False),                       # never answered
+    (f"{T}<answer>P</answer>{T}", False),                       # anything after the answer
+    (f"<think><think>t</think></think><answer>P</answer>", False),
+    (f"{T}<search>q</search>\nMy previous action is invalid.\n{T}<answer>P</answer>", False),
+    (f"{T}<information>d</information>{T}<answer>P</answer>", False),  # not after a search
+    ("", False),
+])
+def test_format_check_equals_search_r1(text, valid):
+  assert answers.well_formed_sequence(text) is valid
+
+
+def test_em_format_reward_equals_search_r1():
+  gold = ["Paris"]
+  r = lambda text, g=gold: answers.em_format_reward(text, g)
+  hit = "\n\n<information>Doc 1(Title: Paris) capital</information>\n\n"
+  miss = "\n\n<information>Doc 1(Title: Lyon) city</information>\n\n"
+  assert r(f"{T}<search>q</search>{hit}{T}<answer> Paris </answer>") == 1.0
+  # The issue's case: right answer without <think> is 0.8 upstream (was 1.0 here).
+  assert r("<answer> Paris </answer>") == pytest.approx(0.8)
+  assert r(f"{T}<search>q</search>{hit}<answer>Paris</answer>") == pytest.approx(0.8)
+  assert r(f"{T}<search>q</search>{hit}{T}<answer>Lyon</answer>") == pytest.approx(0.3)
+  assert r(f"{T}<search>q</search>{miss}{T}<answer>Lyon</answer>") == pytest.approx(0.2)
+  assert r(f"{T}<search>q</search>{hit}<answer>Lyon</answer>") == pytest.approx(0.1)
+  # No answer: not well-formed, and upstream's answer is its prompt's last <answer>
+  # block, the example "Beijing": 0.1 as a malformed wrong answer (0.8 if it is right).
+  assert r(f"{T}<search>q</search>{hit}") == pytest.approx(0.1)
+  assert r("no tags at all") == pytest.approx(0.1)
+  assert r("no tags at all", ["beijing"]) == pytest.approx(0.8)
+  # The last answer block is the answer.
+  assert r(f"{T}<answer>Lyon</answer> <answer>Paris</answer>") == pytest.approx(0.8)
+  # Upstream's retrieval check also reads its prompt's "<information> and </information>".
+  assert r(f"{T}<search>q</search>{miss}{T}<answer>E</answer>", ["D"]) == pytest.approx(0.3)
+  assert r(f"{T}<search>q</search>{miss}{T}<answer>E</answer>", ["F"]) == pytest.approx(0.2)
+
+
+def test_cut_response_as_search_r1():
+  assert answers.cut_response("<search>q</search>\n<answer>") == "<search>q</search>"
+  assert answers.cut_response("<answer>a</answer><search>q</search>x") == \
+      "<answer>a</answer><search>q</search>"
+  assert answers.cut_response("<answer>a</answer>\n") == "<answer>a</answer>"
+  assert answers.cut_response("no tags") == "no tags"
+
+
+def test_em_format_episodes_score_the_whole_text(data_dir, server_url):
+  env = make(data_dir, server_url, split="train", reward_kind="em_format")
+  _, info = env.reset(0)
+  gold = info["golden_answers"][0]
+  env.step("<think>look</think>\n<search> x </search>")
+  _, r, done, info = env.step(f"<think>found</think>\n<answer> {gold} </answer>")
+  assert done and info["won"] and r == 1.0
+  env.reset(0)
+  env.step("<search> x </search>")   # valid action, but no <think>: 0.8 as upstream
+  _, r, _, info = env.step(f"<think>found</think><answer> {gold} </answer>")
+  assert info["won"] and r == pytest.approx(0.8)
+  env.reset(0)
+  env.step("I will search now")       # invalid output: the retry text breaks the format
+  _, r, _, info = env.step(f"<think>found</think><answer> {gold} </answer>")
+  assert info["won"] and r == pytest.approx(0.8)
+  env.close()
+
+
 def test_parse_action_takes_the_first_tag_pair():
   assert answers.parse_action("<think>hm</think><search> a b </search><answer>x</answer>") == (
       "search", "a b")
@@ -191,10 +264,12 @@ def test_four_turn_limit(data_dir, server_url):
   env.close()
   env2 = make(data_dir, server_url, split="train", max_turns=2, reward_kind="em_format")
   _, info = env2.reset(0)
-  o1 = env2.step("<search> a </search>")[0]
-  o2, r, done, _ = env2.step("<search> b </search>")
-  hit = answers.contains_answer(o1 + o2, info["golden_answers"])
-  assert done and r == pytest.approx(0.3 if hit else 0.2)  # well-formed but unanswered
+  env2.step("<think>x</think><search> a </search>")
+  _, r, done, _ = env2.step("<think>y</think><search> b </search>")
+  # Unanswered: Search-R1's format check wants a final <answer>, so it is not
+  # well-formed, and it takes its prompt's example answer "Beijing": 0.1 (this used to
+  # give the 0.2 structure credit).
+  assert done and r == pytest.approx(0.1)
   env2.close()
 
 

@@ -13,6 +13,29 @@ import string
 _KINDS = ("search", "answer")
 _PUNCT = set(string.punctuation)
 REWARD_KINDS = ("em", "f1", "em_format")
+_FORMAT_TAG_RE = re.compile(r"(</?(?:think|search|information|answer)>)")
+_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_INFORMATION_RE = re.compile(r"<information>(.*?)</information>", re.DOTALL)
+# Search-R1's prompt (make_prefix) itself holds "<information> and </information>", and its
+# retrieval check scans the whole decoded sequence, prompt included: the word "and" counts
+# as retrieved text (a gold answer "D" or "an" is always a retrieval hit there).
+_SEARCH_R1_PROMPT_INFORMATION = "and"
+# The same prompt holds "<answer> and </answer>" and "For example, <answer> Beijing
+# </answer>", and upstream takes the last <answer> block of the whole sequence: an episode
+# that never answers is scored as if it answered "Beijing" (0.1, as a malformed wrong
+# answer; 0.8 when the gold answer is Beijing).
+_SEARCH_R1_PROMPT_ANSWER = "Beijing"
+# The format's states: which tag may come next in each, and the state it leads to. Text
+# is allowed only inside think/search/information/answer; whitespace anywhere.
+_FORMAT_MOVES = {
+    ("start", "<think>"): "in_think", ("information", "<think>"): "in_think",
+    ("in_think", "</think>"): "after_think",
+    ("after_think", "<search>"): "in_search", ("in_search", "</search>"): "after_search",
+    ("after_search", "<information>"): "in_information",
+    ("in_information", "</information>"): "information",
+    ("after_think", "<answer>"): "in_answer", ("in_answer", "</answer>"): "end",
+}
+_INSIDE = ("in_think", "in_search", "in_information", "in_answer")
 
 
 def parse_action(text: str) -> tuple[str | None, str]:
@@ -69,6 +92,62 @@ def contains_answer(text: str, golden_answers: list[str]) -> bool:
   return any(normalize_answer(g) and normalize_answer(g) in norm for g in golden_answers)
 
 
+def cut_response(text: str) -> str:
+  """A response as Search-R1 keeps it (_postprocess_responses): up to the first
+  `</search>` if it has one, else up to the first `</answer>`, else whole. (A stop
+  string can end inside a token, which may carry characters past it.)"""
+  for close in ("</search>", "</answer>"):
+    i = text.find(close)
+    if i >= 0:
+      return text[:i + len(close)]
+  return text
+
+
+def well_formed_sequence(text: str) -> bool:
+  """Search-R1's format check (qa_em_format.is_valid_sequence) of one trajectory.
+
+  `text` is everything the assistant turn holds: each response followed by the
+  observation Search-R1 inserts after it. Valid iff it reads
+  (<think>..</think> <search>..</search> <information>..</information>)*
+  <think>..</think> <answer>..</answer>, with only whitespace outside the tags. (Upstream
+  also compares opening and closing counts per tag; a sequence this walk accepts is
+  always balanced, since every tag is one of the walk's moves.)
+  """
+  state = "start"
+  for part in _FORMAT_TAG_RE.split(text):
+    if not part.strip():
+      continue
+    if _FORMAT_TAG_RE.fullmatch(part):
+      state = _FORMAT_MOVES.get((state, part))
+      if state is None:
+        return False
+    elif state not in _INSIDE:
+      return False
+  return state == "end"
+
+
+def em_format_reward(trajectory: str, golden_answers: list[str],
+                     structure_format_score: float = 0.2, final_format_score: float = 0.1,
+                     retrieval_score: float = 0.1) -> float:
+  """Search-R1's qa_em_format score of one trajectory (see `well_formed_sequence`).
+
+  The answer is the last `<answer>` block, or the prompt's example when there is none
+  (upstream takes the last block of the decoded sequence, prompt included); retrieval
+  counts only in a well-formed trajectory, when a normalised gold answer is inside a
+  normalised `<information>` block (the prompt's one included).
+  """
+  valid = well_formed_sequence(trajectory)
+  found = _ANSWER_RE.findall(trajectory)
+  answer = found[-1].strip() if found else _SEARCH_R1_PROMPT_ANSWER
+  hit = valid and any(
+      normalize_answer(g) in normalize_answer(block)
+      for block in [*map(str.strip, _INFORMATION_RE.findall(trajectory)),
+                    _SEARCH_R1_PROMPT_INFORMATION]
+      for g in golden_answers)
+  return episode_reward("em_format", answer, golden_answers, valid, hit,
+                        structure_format_score, final_format_score, retrieval_score)
+
+
 def episode_reward(kind: str, answer: str | None, golden_answers: list[str],
                    well_formed: bool, retrieval_hit: bool,
                    structure_format_score: float = 0.2, final_format_score: float = 0.1,
@@ -76,8 +155,9 @@ def episode_reward(kind: str, answer: str | None, golden_answers: list[str],
   """Reward of a finished episode.
 
   Args:
-    kind: 'em' (1/0), 'f1' (token F1), or 'em_format' (Search-R1's format-shaped EM:
-      qa_em_format.py's scheme with structure/final-format/retrieval credits).
+    kind: 'em' (1/0), 'f1' (token F1), or 'em_format' (qa_em_format.py's table of
+      structure/final-format/retrieval credits, given its format verdict; the env gets
+      the verdict from the whole episode text through `em_format_reward`).
     answer: the answer given, or None if the episode ran out of turns.
     well_formed: every action of the episode parsed (no invalid output).
     retrieval_hit: some retrieved passage contained a gold answer.

@@ -12,8 +12,10 @@ pair counts (Search-R1's rule); anything else gets Search-R1's retry message and
 (a search on the last turn is still answered, then the episode ends unanswered).
 
 Reward (`reward_kind`): 'em' exact match after normalisation against any gold answer
-(default), 'f1' token F1, or 'em_format' (Search-R1's format-shaped EM, see
-`answers.episode_reward`). `won` is the exact match, `score` the reward.
+(default), 'f1' token F1, or 'em_format' (Search-R1's qa_em_format: the whole episode's
+text, each action as the model wrote it and each observation, must read <think> before
+every <search>/<answer> with no text outside tags; see `answers.em_format_reward`).
+`won` is the exact match, `score` the reward.
 
 With no `server_url` the env starts, or reuses, a local server for the built-in corpus
 (shared by every process using the same data dir, stopped when the last one closes).
@@ -186,6 +188,9 @@ class SearchEnv(TextEnv):
     self._observations: dict[str, str] = {}  # query -> <information> block (expert input)
     self._retrieved_text: list[str] = []
     self._well_formed = True
+    # The assistant side of the episode as Search-R1 concatenates it (each response, then
+    # the observation it inserts): what reward_kind='em_format' scores.
+    self._trajectory: list[str] = []
     self._reward = 0.0
     self._won = False
     return self._task["question"], self._info(valid_action=True)
@@ -197,6 +202,7 @@ class SearchEnv(TextEnv):
       return "", 0.0, True, self._info(valid_action=False)
     action = action if isinstance(action, str) else str(action)
     self._turn += 1
+    self._trajectory.append(answers.cut_response(action))
     kind, content = answers.parse_action(action)
     if kind == "answer":
       return self._finish(content, valid=True)
@@ -212,10 +218,12 @@ class SearchEnv(TextEnv):
       obs = f"<information>{passages_to_string(result).strip()}</information>"
       self._observations.setdefault(content, obs)
       self._retrieved_text.append(obs)
+      self._trajectory.append(f"\n\n{obs}\n\n")  # Search-R1's newlines around it
       if self._turn >= self.max_turns:
         return self._finish(None, valid=True, obs=obs)
       return obs, 0.0, False, self._info(valid_action=True, action_kind="search")
     self._well_formed = False
+    self._trajectory.append(f"\n{INVALID_ACTION_MESSAGE}\n")
     if self._turn >= self.max_turns:
       return self._finish(None, valid=False, obs=INVALID_ACTION_MESSAGE)
     return INVALID_ACTION_MESSAGE, 0.0, False, self._info(valid_action=False)
@@ -264,8 +272,12 @@ class SearchEnv(TextEnv):
     self._done = True
     self._won = answer is not None and answers.exact_match(answer, gold)
     hit = any(answers.contains_answer(t, gold) for t in self._retrieved_text)
-    self._reward = answers.episode_reward(self.reward_kind, answer, gold, self._well_formed,
-                                          hit, **self._format_scores)
+    if self.reward_kind == "em_format":
+      self._reward = answers.em_format_reward("".join(self._trajectory), gold,
+                                              **self._format_scores)
+    else:
+      self._reward = answers.episode_reward(self.reward_kind, answer, gold,
+                                            self._well_formed, hit, **self._format_scores)
     return obs, self._reward, True, self._info(
         valid_action=valid, action_kind="answer" if answer is not None else None,
         answer=answer)
