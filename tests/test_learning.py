@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import environments
-from configs import base as config_base
+from configs import toy as toy_configs
 from empg_jax import models, sft
 from empg_jax.agent import AgentConfig, AgentRollout, RolloutBatch, encode_response
 from empg_jax.bootstrap import write_random_model
@@ -42,22 +42,17 @@ MIN_GAIN = 0.15      # three standard errors of a 100-task success rate near 0.3
 
 
 def toy_learning_config(model_dir: str):
-  c = config_base.base_config()
-  config_base.apply_algorithm(c, "grpo")
-  config_base.apply_tiny(c)
+  c = toy_configs.get_config("tiny,grpo")
   c.seed = SEED
-  c.bootstrap.enabled = False
   c.model.path = model_dir
-  c.env.name, c.agent.template = "toy", "toy"
-  c.env.max_steps, c.env.num_workers = 8, 1
-  c.agent.history_length = 0
+  c.env.num_workers = 1
   c.rl.num_groups, c.rl.group_size = 8, 8
   c.rollout.max_prompt_tokens, c.rollout.max_response_tokens = 24, 4
   c.optim.lr = RL_LR
   c.train.ppo_mini_batch_size, c.train.micro_batch_size = 512, 128
   c.train.length_buckets = (32,)
   c.total_steps, c.eval_every, c.checkpoint_every = (RL_ITERATIONS,) * 3
-  c.eval.num_tasks, c.eval.temperature = 100, 1.0
+  c.eval.temperature = 1.0
   c.log.tensorboard = False
   return c
 
