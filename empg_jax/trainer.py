@@ -60,6 +60,14 @@ def on_mesh(tree: Any, mesh: jax.sharding.Mesh) -> Any:
   return jax.tree.map(place, tree)
 
 
+def init_opt_state(tx: Any, params: Any, mesh: jax.sharding.Mesh) -> Any:
+  """The optimizer state of `params`, its param-shaped leaves (AdamW's mu and nu) sharded
+  like the parameters. Run eagerly: `jax.jit(tx.init)` would create them on one device
+  (zeros depend on no input's sharding), and `on_mesh` would then replicate them, a full
+  fp32 copy of mu and nu on every device."""
+  return on_mesh(tx.init(params), mesh)
+
+
 def _per_type_success(prefix: str, task_types: list[str], won: np.ndarray,
                       counted: np.ndarray) -> dict[str, float]:
   """Success per task type over the `counted` (env-error-free) episodes; NaN for a type
@@ -140,7 +148,7 @@ class Trainer:
             self.mesh, jax.sharding.PartitionSpec(None, sharding.batch_axes())),
         replicated=jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()))
     self.lr_schedule = self.updater.lr_schedule
-    self.opt_state = on_mesh(jax.jit(self.updater.tx.init)(self.params), self.mesh)
+    self.opt_state = init_opt_state(self.updater.tx, self.params, self.mesh)
     self.ref_params = (jax.tree.map(jnp.copy, self.params) if c.algo.kl_coef != 0 else None)
     self.sampler = sampling.Sampler(
         self._host_model(model), tokenizer=self.tokenizer, mesh=self.local_mesh,

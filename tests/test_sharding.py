@@ -215,3 +215,23 @@ def test_save_from_sharded_model_round_trips(qwen2_dir, mesh, tmp_path):
                                nnx.to_flat_state(nnx.state(reloaded, nnx.Param))):
     np.testing.assert_array_equal(np.asarray(a.get_value()), np.asarray(b.get_value()),
                                   err_msg=str(path))
+
+
+def test_trainer_optimizer_state_is_sharded_like_the_params(qwen2_dir, mesh):
+  """AdamW's mu and nu follow the parameters' shardings (a jitted init put them on one
+  device and on_mesh then replicated them: a whole fp32 copy of both on every device)."""
+  from empg_jax.trainer import init_opt_state
+  from empg_jax.update import make_optimizer
+  import ml_collections
+  model = load_pretrained(qwen2_dir, mesh=mesh)
+  params = nnx.state(model, nnx.Param)
+  tx, _ = make_optimizer(ml_collections.ConfigDict(dict(
+      lr=1e-6, warmup_updates=0, grad_clip=1.0, b1=0.9, b2=0.999, weight_decay=0.01)))
+  opt_state = init_opt_state(tx, params, mesh)
+  adam, = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(
+      x, optax.ScaleByAdamState)) if isinstance(s, optax.ScaleByAdamState)]
+  for moments in (adam.mu, adam.nu):
+    for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(moments)):
+      assert m.sharding.is_equivalent_to(p.sharding, p.ndim), (m.sharding, p.sharding)
+  mesh_devices = set(mesh.devices.flat)
+  assert all(set(x.sharding.device_set) == mesh_devices for x in jax.tree.leaves(opt_state))
