@@ -108,7 +108,7 @@ def _play_copying_student(env, task_id):
 
 
 def test_a_policy_that_copies_from_its_prompt_wins_most_goals(env):
-  # What a warm start that has learned to copy can reach without RL: measured 0.615 on
-  # the first 200 test goals. The tiny preset's model has not learned to copy (README).
+  # What a warm start that has learned to copy can reach without RL: measured 0.605 on
+  # the first 200 test goals (0.615 before search ranked as upstream's Lucene). The tiny preset's model has not learned to copy (README).
   wins = sum(_play_copying_student(env, t) for t in range(200))
   assert 0.45 <= wins / 200 <= 0.8
