@@ -77,9 +77,9 @@ LUCENE_ANALYZED = {
         ["citi", "3.5", "inch", "wi", "fi", "e.g", "u.s.a", "us", "run", "jar", "30",
          "dai", "don't", "poni", "12", "30", "a:b", "x", "1", "café", "❤️", "flavor_x",
          "gener", "assembl"],
-    "naïve résumé Über straße ÉCOLE Ø 18'' x 24'' ½ ² ³ ™ ® ©":
+    "naïve résumé Über straße ÉCOLE Ø 18'' x 24'' ½ ² ³ ™ ® © İstanbul":
         ["naïv", "résumé", "über", "straße", "école", "ø", "18", "x", "24", "™", "®",
-         "©"],
+         "©", "istanbul"],
 }
 
 

@@ -296,7 +296,8 @@ def analyze(text: str) -> list[str]:
   for token in tokenize(text):
     if token[-2:].lower() in _POSSESSIVE:
       token = token[:-2]
-    token = token.lower()
+    # Java lower-cases code point by code point: U+0130 becomes 'i', not 'i' + U+0307.
+    token = token.replace("\u0130", "i").lower()
     if not token or token in STOP_WORDS:
       continue
     terms.append(stem(token))
