@@ -16,24 +16,40 @@ substring test on a string, an element test on a pair) and is then compared as
 name takes part in the match: "12 ounce" does not match it, while it does match a bare
 "28 ounce" (87.5).
 
-Title nouns without a POS tagger. Upstream tags both titles with spaCy and keeps NOUN /
-PROPN tokens. Here a title's "nouns" are its content words: the lowercased alphabetic
-tokens (letters, inner `-` or `'`) of length >= 3 that are not in `NON_NOUN_WORDS`, a stop
-list of function words, colours (`COLOR_SET`), sizes, units, counting words and the
-common product adjectives of shop titles (`long`, `clear`, `premium`, `waterproof`...).
-Numbers never count (they are not alphabetic tokens). Brand names stay in, as spaCy tags
-capitalised title words PROPN. title_score = |nouns(goal.name) & nouns(p.title)| /
-|nouns(goal.name)|, and 0.2 when the goal title has no nouns (upstream's rule).
+Title nouns. Upstream tags both titles with spaCy (en_core_web_lg) and keeps the lowercased
+text of NOUN / PROPN tokens. Set $EMPG_WEBSHOP_TITLE_NOUNS to the name of an installed
+spaCy pipeline (e.g. en_core_web_lg, installed with `python -m spacy download`; spaCy's
+English pipelines are not on PyPI) for exactly that. By default a heuristic stands in:
+spaCy tags almost every capitalised title word PROPN, colours, adjectives and units
+included ("Chocolate Bar", "Navy Blue", "Stainless Steel", "oz"), so the heuristic keeps
+every run of letters (split at hyphens, digits and apostrophes, as spaCy's tokenizer
+splits "T-Shirt" and "Men's") except closed-class words (`NON_NOUN_WORDS`: determiners,
+prepositions, conjunctions, pronouns, auxiliaries, number words) and clitics after an
+apostrophe ('s, 't). Measured against en_core_web_sm 3.8.0 on the synthetic catalog's 996
+titles: the whole noun set agrees for 84% (the earlier stop-list heuristic, which also
+dropped colours, sizes and adjectives: 31%), title_score for 98.9% and r_type for 99.7%
+of 10,500 (goal, product) pairs. Where they differ, spaCy tags some capitalised words ADJ
+or VERB ("Free", "Included", "Little", some brand names). title_score = |nouns(goal.name)
+& nouns(p.title)| / |nouns(goal.name)|, and 0.2 when the goal title has no nouns
+(upstream's rule).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 import re
 from typing import Any, Iterable, Mapping, Sequence
 
 from rapidfuzz import fuzz
 from rapidfuzz import utils as fuzz_utils
+
+# Environment variable choosing the title-noun tagger: "heuristic" (default) or the name
+# of an installed spaCy pipeline (upstream: en_core_web_lg) for upstream's exact nouns.
+TITLE_NOUNS_ENV = "EMPG_WEBSHOP_TITLE_NOUNS"
+_SPACY_HINT = ("spaCy's English pipelines are not on PyPI: python -m spacy download "
+               "en_core_web_lg")
 
 # Fuzzy ratio a match must exceed (upstream: `score > 85`).
 FUZZY_MATCH_THRESHOLD = 85
@@ -56,39 +72,21 @@ COLOR_SET = (
     "wine", "yellow",
 )
 
-_FUNCTION_WORDS = frozenset("""
-a an the and or of for with without in on at to by from into over under up down out off
-per plus than that this these those its it's is are be was were as so not no nor but if
-all any each every both few more most other some such only own same too very can will
-just your you our we they them their his her him she he who whom which what when where
-why how about above after again against before below between during through until while
-set pack packs piece pieces pcs pc count counts ct lot kit bundle combo value
+# Closed-class words (determiners, prepositions, conjunctions, pronouns, auxiliaries,
+# number words): spaCy does not tag them NOUN / PROPN even when capitalised in a title.
+NON_NOUN_WORDS = frozenset("""
+a an the and or nor but if so as of for with without within in on at to by from into onto
+over under up down out off per plus than via vs versus about above after against along
+among around before behind below beneath beside besides between beyond during except
+inside near outside since through throughout toward towards until upon while
+this that these those its it is are be was were been am not no all any each every both
+either neither some such only own same too very can will just your you our we they them
+their his her him she he who whom which what when where why how my me i us
+one two three four five six seven eight nine ten eleven twelve twenty hundred
 """.split())
-
-_SIZE_AND_UNIT_WORDS = frozenset("""
-small medium large x-large xx-large xxl xl xs x-small petite tall wide narrow mini big
-huge tiny regular standard king queen twin full size sizes inch inches ft feet foot cm
-mm meter meters yard yards oz ounce ounces fl lb lbs pound pounds gram grams kg ml liter
-liters litre gallon gallons quart pint watt watts volt volts mah gb tb mb hz capacity
-one two three four five six seven eight nine ten twelve dozen half double single triple
-""".split())
-
-_TITLE_ADJECTIVES = frozenset("""
-new premium professional pro classic modern vintage deluxe luxury ultra super best
-great perfect soft hard light lightweight heavy heavy-duty durable portable compact
-adjustable long short high low thin thick slim extra natural organic pure fresh clear
-waterproof water-resistant non-slip anti-slip stainless reusable washable foldable
-rechargeable wireless cordless electric automatic manual digital smart easy quick fast
-warm cool hot cold comfortable cute elegant stylish casual formal simple basic original
-genuine real authentic handmade gourmet healthy sturdy strong quiet powerful multi
-multi-purpose all-in-one universal upgraded improved latest mens womens men's women's
-unisex kids baby adult boys girls ladies gift gifts everyday daily home outdoor indoor
-""".split())
-
-NON_NOUN_WORDS = (_FUNCTION_WORDS | _SIZE_AND_UNIT_WORDS | _TITLE_ADJECTIVES
-                  | frozenset(COLOR_SET))
-
-_WORD = re.compile(r"[a-z][a-z'\-]*[a-z]|[a-z]")
+# Runs of letters (spaCy splits "T-Shirt" into T, -, Shirt and "Men's" into Men, 's).
+_LETTER_RUN = re.compile(r"[^\W\d_]+")
+_CLITICS = frozenset({"s", "t", "d", "ll", "re", "ve", "m"})
 
 
 # thefuzz's `ascii_only` deletes these code points (it does not transliterate them).
@@ -119,10 +117,45 @@ def fuzzy_ratio(a: object, b: object) -> int:
   return int(round(fuzz.token_set_ratio(fuzzy_process(a), fuzzy_process(b))))
 
 
+def heuristic_title_nouns(title: str) -> set[str]:
+  """The title's words spaCy would likely tag NOUN / PROPN (see the module docstring)."""
+  nouns = set()
+  for m in _LETTER_RUN.finditer(title):
+    word = m.group().lower()
+    after_apostrophe = m.start() > 0 and title[m.start() - 1] in "'\u2019"
+    if word in NON_NOUN_WORDS or (after_apostrophe and word in _CLITICS):
+      continue
+    nouns.add(word)
+  return nouns
+
+
+@functools.lru_cache(maxsize=4)
+def _spacy_pipeline(name: str):
+  try:
+    import spacy  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise RuntimeError(f"{TITLE_NOUNS_ENV}={name!r} needs spaCy (pip install spacy) and "
+                       f"that pipeline ({_SPACY_HINT})") from e
+  try:
+    return spacy.load(name, disable=["parser", "ner", "lemmatizer"])
+  except OSError as e:
+    raise RuntimeError(f"{TITLE_NOUNS_ENV}={name!r}: spaCy has no pipeline {name!r} "
+                       f"installed ({_SPACY_HINT}).") from e
+
+
+@functools.lru_cache(maxsize=100_000)
+def _spacy_title_nouns(name: str, title: str) -> frozenset[str]:
+  return frozenset(t.text.lower() for t in _spacy_pipeline(name)(title)
+                   if t.pos_ in ("NOUN", "PROPN"))
+
+
 def title_nouns(title: str) -> set[str]:
-  """The title's noun-like content words (see the module docstring)."""
-  return {w for w in _WORD.findall(title.lower())
-          if len(w) >= 3 and w not in NON_NOUN_WORDS}
+  """The title's nouns: spaCy's when $EMPG_WEBSHOP_TITLE_NOUNS names a pipeline, else the
+  heuristic's."""
+  mode = os.environ.get(TITLE_NOUNS_ENV, "heuristic").strip() or "heuristic"
+  if mode == "heuristic":
+    return heuristic_title_nouns(title)
+  return set(_spacy_title_nouns(mode, title))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,3 +271,4 @@ def purchase_reward(product: Any, goal: Mapping[str, Any], price: float,
       reward=total * t.r_type, r_type=t.r_type, num_attribute_matches=n_attr,
       num_option_matches=n_opt, r_price=r_price, title_score=t.title_score,
       query_match=t.query_match, category_match=t.category_match)
+
