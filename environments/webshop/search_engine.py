@@ -106,36 +106,41 @@ class SearchEngine:
 
   @classmethod
   def build(cls, products: Sequence[Product]) -> "SearchEngine":
-    docs = [collections.Counter(tokenize(document_text(p))) for p in products]
-    lengths = np.array([sum(d.values()) for d in docs], np.int64)
+    n = len(products)
+    first_seen: dict[str, int] = {}  # term -> id in order of first occurrence
+    term_lists, freq_lists = [], []
+    lengths = np.zeros(n, np.int64)
+    for i, product in enumerate(products):
+      counts = collections.Counter(tokenize(document_text(product)))
+      lengths[i] = sum(counts.values())
+      term_lists.append(np.fromiter(
+          (first_seen.setdefault(t, len(first_seen)) for t in counts), np.int64,
+          len(counts)))
+      freq_lists.append(np.fromiter(counts.values(), np.float64, len(counts)))
+    terms = sorted(first_seen)
+    vocab = {term: row for row, term in enumerate(terms)}
+    remap = np.empty(len(terms), np.int64)
+    remap[[first_seen[t] for t in terms]] = np.arange(len(terms))
+    rows = remap[np.concatenate(term_lists)] if term_lists else np.zeros(0, np.int64)
+    doc_ids = np.repeat(np.arange(n, dtype=np.int32), [len(t) for t in term_lists])
+    freqs = np.concatenate(freq_lists) if freq_lists else np.zeros(0, np.float64)
+    order = np.lexsort((doc_ids, rows))  # postings by term, then document
+    rows, doc_ids, freqs = rows[order], doc_ids[order], freqs[order]
+    df = np.bincount(rows, minlength=len(terms))
+    indptr = np.concatenate([[0], np.cumsum(df)]).astype(np.int64)
     doc_count = int(np.count_nonzero(lengths))
-    postings: dict[str, list[tuple[int, int]]] = collections.defaultdict(list)
-    for doc_id, counts in enumerate(docs):
-      for term, freq in counts.items():
-        postings[term].append((doc_id, freq))
-    vocab = {term: row for row, term in enumerate(sorted(postings))}
-    indptr = np.zeros(len(vocab) + 1, np.int64)
-    doc_ids, term_scores = [], []
+    term_scores = np.zeros(len(doc_ids), np.float32)
     if doc_count:
       avgdl = np.float32(lengths.sum() / doc_count)
-      norm_length = np.array([lucene_length(int(n)) for n in lengths], np.float32)
+      norm_length = np.array([lucene_length(int(x)) for x in lengths], np.float32)
       k1, b = np.float32(K1), np.float32(B)
       # BM25Similarity's per-norm cache, in float32 as Lucene computes it.
       denominator = (k1 * ((np.float32(1) - b) + b * norm_length / avgdl)).astype(
           np.float64)
-      for term, row in vocab.items():
-        plist = postings[term]
-        ids = np.array([d for d, _ in plist], np.int32)
-        freqs = np.array([f for _, f in plist], np.float64)
-        df = len(plist)
-        idf = np.float32(np.log(1 + (doc_count - df + 0.5) / (df + 0.5)))
-        tf_part = (freqs / (freqs + denominator[ids])).astype(np.float32)
-        doc_ids.append(ids)
-        term_scores.append((idf * tf_part).astype(np.float32))
-        indptr[row + 1] = indptr[row] + df
-    return cls(vocab, indptr,
-               np.concatenate(doc_ids) if doc_ids else np.zeros(0, np.int32),
-               np.concatenate(term_scores) if term_scores else np.zeros(0, np.float32),
+      idf = np.log(1 + (doc_count - df + 0.5) / (df + 0.5)).astype(np.float32)
+      tf_part = (freqs / (freqs + denominator[doc_ids])).astype(np.float32)
+      term_scores = idf[rows] * tf_part
+    return cls(vocab, indptr, doc_ids, term_scores.astype(np.float32),
                [p.asin for p in products])
 
   @classmethod
