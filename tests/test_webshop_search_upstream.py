@@ -80,6 +80,12 @@ LUCENE_ANALYZED = {
     "naïve résumé Über straße ÉCOLE Ø 18'' x 24'' ½ ² ³ ™ ® © İstanbul":
         ["naïv", "résumé", "über", "straße", "école", "ø", "18", "x", "24", "™", "®",
          "©", "istanbul"],
+    "flag 🇺🇸 usa 🇯🇵🇬🇧 keycap 1️⃣ #️⃣ family 👨\u200d👩\u200d👧 heart ♥ star ★ ☺ ✔ check":
+        ["flag", "🇺🇸", "usa", "🇯🇵", "🇬🇧", "keycap", "1️⃣", "#️⃣", "famili",
+         "👨\u200d👩\u200d👧", "heart", "♥", "star", "★", "☺", "✔", "check"],
+    "hebrew שלום ג'ירפה ka タ_イ lao ລາວ khmer ខ្មែរ arabic مرحبا ١٢٣ devanagari नमस्ते":
+        ["hebrew", "שלום", "ג'ירפה", "ka", "タ_イ", "lao", "ລາວ", "khmer", "ខ្មែរ", "arab",
+         "مرحبا", "١٢٣", "devanagari", "नमस्ते"],
 }
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 
 # Lucene's EnglishAnalyzer.ENGLISH_STOP_WORDS_SET, which Anserini's default uses.
 STOP_WORDS = frozenset("""
@@ -50,10 +51,31 @@ _EMOJI = ("\u00a9\u00ae\u203c\u2049\u2122\u2139\u2194-\u21aa\u231a-\u23ff\u24c2"
           "\u3299\U0001f000-\U0001faff")
 # Digits that are not decimal digits (superscripts, fractions, circled): no tokens.
 _OTHER_NUMBERS = "\u00b2\u00b3\u00b9\u00bc-\u00be\u2070-\u209f\u2150-\u218f\u2460-\u24ff"
+
+
+def _char_ranges(categories: tuple[str, ...], limit: int = 0x30000) -> str:
+  """A regex class body of the code points below `limit` in the Unicode categories."""
+  ranges, start = [], None
+  for cp in range(limit + 1):
+    inside = cp < limit and unicodedata.category(chr(cp)) in categories
+    if inside and start is None:
+      start = cp
+    elif not inside and start is not None:
+      ranges.append(re.escape(chr(start)) if cp - 1 == start
+                    else f"{re.escape(chr(start))}-{re.escape(chr(cp - 1))}")
+      start = None
+  return "".join(ranges)
+
+
+# Combining marks and format characters stay inside a word (UAX #29 rule WB4).
+_MARKS = _char_ranges(("Mn", "Mc", "Me", "Cf"))
+_REGIONAL = "\U0001f1e6-\U0001f1ff"
 _PIECE = re.compile(
     rf"(?P<ideo>[{_IDEOGRAPHIC}])"
+    rf"|(?P<flag>[{_REGIONAL}]{{1,2}})"
+    rf"|(?P<keycap>[0-9#*]\ufe0f?\u20e3)"
     rf"|(?P<emoji>[{_EMOJI}](?:[\ufe0f\u200d\U0001f3fb-\U0001f3ff]+[{_EMOJI}]?)*)"
-    rf"|(?P<word>(?:(?![{_IDEOGRAPHIC}{_OTHER_NUMBERS}])[\w\u0300-\u036f])+)")
+    rf"|(?P<word>(?:(?![{_IDEOGRAPHIC}{_OTHER_NUMBERS}])[\w{_MARKS}])+)")
 
 _POSSESSIVE = ("'s", "\u2019s", "\uff07s")
 _MAX_TOKEN_LENGTH = 255
@@ -79,6 +101,12 @@ def tokenize(text: str) -> list[str]:
       continue
     piece = m.group()
     start = m.start()
+    # Marks after a non-word character attach to it, not to the word that follows.
+    while piece and not (piece[0].isalnum() or piece[0] == "_"):
+      piece, start = piece[1:], start + 1
+    if not piece:
+      last_end = -2
+      continue
     if (tokens and last_end == start - 1 and tokens[-1]):
       joiner = text[start - 1]
       left, right = _char_class(text[start - 2]), _char_class(piece[0])
