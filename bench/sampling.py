@@ -9,7 +9,7 @@ log-probs and entropies, HF returns tokens only. Both are warmed up (our first
 call compiles) and timed over `--repeats` calls; the median is reported.
 
     python bench/sampling.py
-    python bench/sampling.py --gpu-shape --peak-bw-gbs 3350     # on an H100
+    python bench/sampling.py --gpu-shape                         # on an H100 / H200
     python bench/sampling.py --gpu-shape --layers 2 --batch 8 --prompt-len 32 \
         --new-tokens 8                                           # code-path check on CPU
     python bench/sampling.py --truncation    # top-k/top-p: candidates vs whole-row sort
@@ -21,7 +21,11 @@ per decode step the weights and the KV cache of the tokens so far must be read
 once, so the ideal step time is (param bytes + mean KV bytes) / peak bandwidth.
 The decode step time is (time(N new tokens) - time(1 new token)) / (N - 1),
 which takes the prefill out (both calls run the same compiled program, the
-number of new tokens being a runtime value).
+number of new tokens being a runtime value). The prefill (+ 1 token) call is
+reported as MFU: forward FLOPs of the prompt batch over time x peak matmul
+throughput. Peaks (bench/peaks.py): --peak-bw-gbs / --peak-tflops, else the
+device's datasheet values (H100 SXM 3350 GB/s, H200 4800 GB/s, 989 bf16
+TFLOP/s), else measured (CPU: a large copy and a large jitted matmul).
 """
 from __future__ import annotations
 
@@ -39,6 +43,8 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 from flax import nnx  # pylint: disable=wrong-import-position
 
+from bench import peaks as peaks_lib  # pylint: disable=wrong-import-position
+from bench.iteration import forward_flops  # pylint: disable=wrong-import-position
 from empg_jax import sampling  # pylint: disable=wrong-import-position
 from empg_jax.models import ModelConfig, init_random, load_pretrained  # pylint: disable=wrong-import-position
 
@@ -125,6 +131,7 @@ def qwen25_1p5b_config(layers: int | None) -> ModelConfig:
 
 
 def bench_gpu_shape(args: argparse.Namespace) -> None:
+  peaks = peaks_lib.resolve(args, matmul_dtype=jnp.bfloat16)
   config = qwen25_1p5b_config(args.layers)
   model = init_random(config, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
   param_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model)))
@@ -146,7 +153,9 @@ def bench_gpu_shape(args: argparse.Namespace) -> None:
                         * jnp.dtype(jnp.bfloat16).itemsize)
   mean_context = prompt_len + new_tokens / 2
   kv_bytes = args.batch * mean_context * kv_bytes_per_token
-  ideal_step_s = (param_bytes + kv_bytes) / (args.peak_bw_gbs * 1e9)
+  ideal_step_s = (param_bytes + kv_bytes) / (peaks.bandwidth_gbs * 1e9)
+  prefill_mfu = (forward_flops(config, args.batch, prompt_len) / prefill_s
+                 / (peaks.tflops * 1e12))
   print(f'model: Qwen2.5-1.5B shape, {config.num_layers} layers, {param_bytes / 1e9:.2f} GB of '
         f'bf16 params; batch {args.batch}, prompt {prompt_len}, {new_tokens} new tokens; '
         f'device {jax.devices()[0].device_kind}')
@@ -155,8 +164,9 @@ def bench_gpu_shape(args: argparse.Namespace) -> None:
   print(f'decode: {step_s * 1e3:.2f} ms/step, {args.batch / step_s:.1f} tokens/s; overall '
         f'{args.batch * new_tokens / full_s:.1f} tokens/s')
   print(f'bytes read per step: params {param_bytes / 1e9:.3f} GB + KV {kv_bytes / 1e9:.3f} GB '
-        f'-> ideal {ideal_step_s * 1e3:.2f} ms at {args.peak_bw_gbs:g} GB/s; roofline fraction '
-        f'{ideal_step_s / step_s:.2%}')
+        f'-> ideal {ideal_step_s * 1e3:.2f} ms at {peaks.bandwidth_gbs:g} GB/s; roofline '
+        f'fraction {ideal_step_s / step_s:.2%}')
+  print(f'prefill (+ 1 token) MFU {prefill_mfu:.2%} of {peaks.tflops:g} TFLOP/s; {peaks}')
 
 
 def bench_truncation(args: argparse.Namespace) -> None:
@@ -207,8 +217,7 @@ def main() -> None:
   parser.add_argument('--kv-heads', type=int, default=2)
   parser.add_argument('--vocab', type=int, default=2048)
   parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument('--peak-bw-gbs', type=float, default=3350.0,
-                      help='peak memory bandwidth in GB/s (H100 SXM: 3350, H200: 4800).')
+  peaks_lib.add_flags(parser)
   args = parser.parse_args()
   if args.batch is None:
     args.batch = 128 if args.gpu_shape else 32
