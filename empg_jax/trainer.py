@@ -62,10 +62,20 @@ def on_mesh(tree: Any, mesh: jax.sharding.Mesh) -> Any:
 
 def init_opt_state(tx: Any, params: Any, mesh: jax.sharding.Mesh) -> Any:
   """The optimizer state of `params`, its param-shaped leaves (AdamW's mu and nu) sharded
-  like the parameters. Run eagerly: `jax.jit(tx.init)` would create them on one device
-  (zeros depend on no input's sharding), and `on_mesh` would then replicate them, a full
-  fp32 copy of mu and nu on every device."""
-  return on_mesh(tx.init(params), mesh)
+  like the parameters, the rest (update counters) replicated over `mesh`.
+
+  Run eagerly: `jax.jit(tx.init)` would create mu and nu on one device (zeros depend on no
+  input's sharding), and `on_mesh` would then replicate them, a full fp32 copy of both on
+  every device. The counters are placed on the mesh even when it has one device: the
+  update step returns them there, and a counter on a plain single-device sharding would
+  make the second update step compile again."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def place(x):
+    if isinstance(x, jax.Array) and not isinstance(x.sharding, jax.sharding.NamedSharding):
+      return distributed.put_global(x, replicated)
+    return x
+  return on_mesh(jax.tree.map(place, tx.init(params)), mesh)
 
 
 def _per_type_success(prefix: str, task_types: list[str], won: np.ndarray,

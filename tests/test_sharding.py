@@ -235,3 +235,29 @@ def test_trainer_optimizer_state_is_sharded_like_the_params(qwen2_dir, mesh):
       assert m.sharding.is_equivalent_to(p.sharding, p.ndim), (m.sharding, p.sharding)
   mesh_devices = set(mesh.devices.flat)
   assert all(set(x.sharding.device_set) == mesh_devices for x in jax.tree.leaves(opt_state))
+
+
+def test_trainer_optimizer_state_on_one_device_compiles_the_update_once(qwen2_dir):
+  """On a one-device mesh the counters are on the mesh too: the update step returns them
+  there, so the second step reuses the first step's program."""
+  from empg_jax.compilations import record_compilations
+  from empg_jax.trainer import init_opt_state
+  from empg_jax.update import make_optimizer
+  import ml_collections
+  mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  params = nnx.state(load_pretrained(qwen2_dir, mesh=mesh), nnx.Param)
+  tx, _ = make_optimizer(ml_collections.ConfigDict(dict(
+      lr=1e-6, warmup_updates=0, grad_clip=1.0, b1=0.9, b2=0.999, weight_decay=0.01)))
+  opt_state = init_opt_state(tx, params, mesh)
+  assert all(isinstance(x.sharding, NamedSharding) for x in jax.tree.leaves(opt_state))
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def step(params, opt_state):
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  with record_compilations() as compiled:
+    for _ in range(3):
+      params, opt_state = step(params, opt_state)
+  assert compiled.count() == 1
