@@ -1,11 +1,13 @@
 """Offline ALFWorld games: ALFRED tasks on the alfworld package's floor plans.
 
-Every game is a pure function of (seed, split, task_id): the task type comes from a
-seeded shuffle with ALFWorld's per-split type counts, the floor plan from the split's
-floor plans (ALFRED's official split, see scenes.py: train and eval_in_distribution on
-its training rooms, out of distribution on its four valid_unseen rooms), object placement from alfworld's receptacle/object
-compatibility table (`VAL_RECEPTACLE_OBJECTS`), the goal from `alfworld.gen.goal_library`
-and the task sentence from its templates. The files are written in the official layout,
+Every game is a pure function of (seed, split, task_id): the goal (task type, object,
+goal receptacle or lamp, floor plan) is one of the real split's goals, each used as often
+as the real split has it, in a seeded order (train: ALFWorld's 3553 train games,
+eval_in_distribution: its 140 valid_seen, eval_out_of_distribution: its 134 valid_unseen,
+see scenes.real_data); the room's receptacles and fixed objects (desk lamps, house plants,
+televisions, ...) are the real games'; pickupable objects are placed from alfworld's
+receptacle/object compatibility table (`VAL_RECEPTACLE_OBJECTS`), the goal PDDL comes from
+`alfworld.gen.goal_library` and the task sentence from its templates. The files are written in the official layout,
 
     <root>/json_2.1.1/<train|valid_seen|valid_unseen>/<task dir>/<trial>/
         traj_data.json   (task_type, pddl_params, scene, turk_annotations)
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -58,14 +61,8 @@ TASK_COUNTS = {
                                  "pick_two_obj_and_place": 17},
 }
 
-# task type -> receptacle type the state change needs (it cannot also be the goal's).
-_APPLIANCE = {
-    "pick_clean_then_place_in_recep": ("SinkBasin", "Cleanable"),
-    "pick_heat_then_place_in_recep": ("Microwave", "Heatable"),
-    "pick_cool_then_place_in_recep": ("Fridge", "Coolable"),
-}
-# Where lamps stand (the compatibility table has no entry for lamps; ToggleObject needs
-# the lamp in a receptacle).
+# Where a lamp goes when the real games keep it outside receptacles (floor lamps; the text
+# engine needs it in one): desk lamps' hosts in the real games first.
 _LAMP_HOSTS = ("SideTable", "Desk", "Dresser", "Shelf", "CoffeeTable", "DiningTable",
                "TVStand", "CounterTop")
 _MAX_ATTEMPTS = 200
@@ -73,7 +70,7 @@ _MAX_ATTEMPTS = 200
 # limit). A fixed budget, not the agent's turn limit: which game a task id names must not
 # depend on --config.env.max_steps, and a short limit would reject every game.
 SOLVE_MAX_STEPS = 50
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,10 +115,7 @@ def _check_split(split: str) -> None:
 
 def task_types(seed: int, split: str) -> list[str]:
   """Task type of every task id of a generated split ([num_games(split)])."""
-  _check_split(split)
-  types = [t for t, n in sorted(TASK_COUNTS[split].items()) for _ in range(n)]
-  random.Random(f"alfworld-types:{seed}:{split}").shuffle(types)
-  return types
+  return [goal[0] for goal in real_goals(seed, split)]
 
 
 def split_root(data_dir: str, seed: int) -> str:
@@ -129,45 +123,16 @@ def split_root(data_dir: str, seed: int) -> str:
   return os.path.join(data_dir, f"generated_v{GENERATOR_VERSION}", f"seed_{seed}")
 
 
-def _pickupable_hosts(plan: scenes.FloorPlan) -> dict[str, list[scenes.Receptacle]]:
+def _pickupable_hosts(plan: scenes.FloorPlan,
+                      extra: tuple[str, ...] = ()) -> dict[str, list[scenes.Receptacle]]:
   """Object type -> receptacles of the scene that can hold it (pickupable types only)."""
   can_hold = import_engine().constants.VAL_RECEPTACLE_OBJECTS
   hosts = {}
-  for otype in plan.object_types:
+  for otype in sorted(set(plan.object_types) | set(extra)):
     options = [r for r in plan.receptacles if otype in can_hold.get(r.type, ())]
     if options:
       hosts[otype] = options
   return hosts
-
-
-def _candidate_targets(task_type: str, plan: scenes.FloorPlan,
-                       hosts: dict[str, list[scenes.Receptacle]]) -> list[tuple[str, str, str]]:
-  """(object, parent, toggle) triples `task_type` can ask for in `plan`."""
-  constants = import_engine().constants
-  receptacle_types = plan.receptacle_types
-  can_hold = constants.VAL_RECEPTACLE_OBJECTS
-  if task_type == "look_at_obj_in_light":
-    if not any(r.type in _LAMP_HOSTS for r in plan.receptacles):
-      return []
-    lamps = sorted(set(plan.object_types) & set(constants.VAL_ACTION_OBJECTS["Toggleable"]))
-    return [(o, "", lamp) for lamp in lamps for o in sorted(hosts)]
-  appliance, ability = _APPLIANCE.get(task_type, (None, None))
-  if appliance is not None and appliance not in receptacle_types:
-    return []
-  out = []
-  for parent in sorted(receptacle_types):
-    if parent == appliance:
-      continue
-    for otype in sorted(hosts):
-      if otype not in can_hold.get(parent, ()):
-        continue
-      if ability is not None and otype not in constants.VAL_ACTION_OBJECTS[ability]:
-        continue
-      # The object must start somewhere else than in a receptacle of the goal's type.
-      if all(r.type == parent for r in hosts[otype]):
-        continue
-      out.append((otype, parent, ""))
-  return out
 
 
 def _object_id(rng: random.Random, otype: str, taken: set[str]) -> str:
@@ -179,43 +144,74 @@ def _object_id(rng: random.Random, otype: str, taken: set[str]) -> str:
       return object_id
 
 
+@functools.lru_cache(maxsize=None)
+def real_goals(seed: int, split: str) -> tuple[tuple[str, str, str, str, int], ...]:
+  """(task_type, object, parent, toggle, floor plan) of every task id of a split.
+
+  The real ALFWorld split's goals, each as often as the real split has it (train 3553,
+  valid_seen 140, valid_unseen 134 games), in a seeded order.
+  """
+  _check_split(split)
+  rows = scenes.real_data()["goals"][SPLIT_DIRS[split]]
+  goals = [tuple(row[:5]) for row in rows for _ in range(row[5])]
+  random.Random(f"alfworld-goals:{seed}:{split}").shuffle(goals)
+  return tuple(goals)
+
+
+def _lamp_host(rng: random.Random, plan: scenes.FloorPlan) -> scenes.Receptacle | None:
+  """A receptacle for a lamp the real games keep outside receptacles (floor lamps): one of
+  the types desk lamps stand on, at a location no other receptacle shares (alfworld's
+  handcoded expert fails on a lamp at a shared location)."""
+  per_location = {}
+  for r in plan.receptacles:
+    per_location[r.location] = per_location.get(r.location, 0) + 1
+  for types in (_LAMP_HOSTS[:3], _LAMP_HOSTS):
+    options = [r for r in plan.receptacles
+               if r.type in types and per_location[r.location] == 1]
+    if options:
+      return rng.choice(options)
+  return None
+
+
 def _sample_attempt(seed: int, split: str, task_id: int, task_type: str,
                     attempt: int) -> TaskSpec | None:
   constants = import_engine().constants
   goal_library = import_engine().goal_library
   rng = random.Random(f"alfworld-game:{seed}:{split}:{task_id}:{attempt}")
-  valid_scene_types = constants.GOALS_VALID[task_type]
-  numbers = [n for n in scenes.floor_plan_numbers(split)
-             if scenes.scene_type_of(n) in valid_scene_types]
-  plan = scenes.load_floor_plan(rng.choice(numbers))
-  hosts = _pickupable_hosts(plan)
-  candidates = _candidate_targets(task_type, plan, hosts)
-  if not candidates:
+  real_type, object_target, parent_target, toggle_target, number = real_goals(
+      seed, split)[task_id]
+  assert real_type == task_type, (real_type, task_type)
+  plan = scenes.load_floor_plan(number)
+  hosts = _pickupable_hosts(plan, extra=(object_target,))
+  target_hosts = [r for r in hosts.get(object_target, ()) if r.type != parent_target]
+  if not target_hosts:
     return None
-  # Goal receptacle first, then the object: otherwise receptacles that hold many object
-  # types (garbage cans, counter tops) would dominate the goals.
-  parent_options = sorted({c[1] if c[1] else c[2] for c in candidates})
-  chosen = rng.choice(parent_options)
-  object_target, parent_target, toggle_target = rng.choice(
-      [c for c in candidates if (c[1] if c[1] else c[2]) == chosen])
+  by_id = {r.id: r for r in plan.receptacles}
 
   placements, taken = [], set()
+  # The room's fixed objects where the real games have them.
+  for object_id, otype, receptacle_id in plan.fixed_objects:
+    receptacle = by_id[receptacle_id]
+    taken.add(object_id)
+    placements.append(problem_lib.Placement(object_id, otype, receptacle.id,
+                                            receptacle.location))
+  if toggle_target and not any(f[1] == toggle_target for f in plan.fixed_objects):
+    receptacle = _lamp_host(rng, plan)
+    if receptacle is None:
+      return None
+    placements.append(problem_lib.Placement(
+        _object_id(rng, toggle_target, taken), toggle_target, receptacle.id,
+        receptacle.location))
   for otype, options in sorted(hosts.items()):
     if otype == object_target:
       count = rng.randint(2, 3) if task_type == "pick_two_obj_and_place" else rng.randint(1, 3)
-      options = [r for r in options if r.type != parent_target]
+      options = target_hosts
     else:
       count = rng.randint(1, constants.MAX_NUM_OF_OBJ_INSTANCES)
     for _ in range(count):
       receptacle = rng.choice(options)
       placements.append(problem_lib.Placement(
           _object_id(rng, otype, taken), otype, receptacle.id, receptacle.location))
-  lamp_hosts = [r for r in plan.receptacles if r.type in _LAMP_HOSTS]
-  for lamp in sorted(set(plan.object_types) & set(constants.VAL_ACTION_OBJECTS["Toggleable"])):
-    if lamp_hosts:
-      receptacle = rng.choice(lamp_hosts)
-      placements.append(problem_lib.Placement(
-          _object_id(rng, lamp, taken), lamp, receptacle.id, receptacle.location))
 
   template = rng.choice(goal_library.gdict[task_type]["templates"])
   sentence = template.format(obj=object_target.lower(), recep=parent_target.lower(),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gzip
 import json
 import os
 import random
@@ -69,6 +70,9 @@ class FloorPlan:
   receptacles: tuple[Receptacle, ...]
   object_types: tuple[str, ...]  # Everything `-objects.json` lists (sorted).
   free_locations: tuple[str, ...]  # Reachable poses no receptacle uses (agent start).
+  # Objects that cannot be picked up and stand in a receptacle in the real games (desk lamps,
+  # house plants, televisions, ...): (object id, type, receptacle id).
+  fixed_objects: tuple[tuple[str, str, str], ...] = ()
 
   @property
   def receptacle_types(self) -> frozenset[str]:
@@ -103,9 +107,34 @@ def floor_plan_numbers(split: str) -> list[int]:
   return sorted(_SPLIT_FLOOR_PLANS[split])
 
 
+_ROOMS_PATH = os.path.join(os.path.dirname(__file__), "alfred_rooms.json.gz")
+
+
+@functools.lru_cache(maxsize=None)
+def real_data() -> dict:
+  """What the real ALFWorld games (json_2.1.1: 3553 train, 140 valid_seen, 134 valid_unseen)
+  say about each floor plan and split, in `alfred_rooms.json.gz`:
+
+  - `rooms[<floor plan>]`: `receptacles` [[id, type, location]] (every receptacle of the
+    room, from the games' receptacleAtLocation facts; the same in every game of a room) and
+    `fixed` [[object id, type, receptacle id]] (the non-pickupable objects the games put in
+    receptacles: desk lamps, house plants, televisions, ...). All 112 floor plans of train,
+    valid_seen and valid_unseen.
+  - `goals[<train|valid_seen|valid_unseen>]`: [task_type, object, parent, toggle, floor
+    plan, number of games] over the split's games.
+  """
+  with gzip.open(_ROOMS_PATH, "rt") as f:
+    return json.load(f)
+
+
 @functools.lru_cache(maxsize=None)
 def load_floor_plan(number: int) -> FloorPlan:
-  """Reads FloorPlan`number`'s layout files -> FloorPlan (cached; deterministic)."""
+  """FloorPlan`number` -> FloorPlan (cached; deterministic).
+
+  Receptacles (ids, types, locations, hence their numbering) and fixed objects come from the
+  real games (`real_data`); rooms no ALFWorld game uses fall back to the layout files, with
+  pose-less receptacles placed at reachable points.
+  """
   modules = import_engine()
   constants = modules.constants
   prefix = os.path.join(modules.layouts_dir, f"FloorPlan{number}")
@@ -123,6 +152,17 @@ def load_floor_plan(number: int) -> FloorPlan:
   static_types = set(constants.RECEPTACLES) - set(constants.MOVABLE_RECEPTACLES)
   receptacles = []
   used_locations = set()
+  room = real_data()["rooms"].get(str(number))
+  if room is not None:
+    receptacles = [Receptacle(rid, rtype, loc) for rid, rtype, loc in room["receptacles"]]
+    used_locations = {r.location for r in receptacles}
+    point_list = sorted((float(x), float(z)) for x, z in points)
+    free_locations = sorted({location_id(x, z, rot, 30) for x, z in point_list
+                             for rot in (0, 90, 180, 270)} - used_locations)
+    return FloorPlan(number=number, scene_type=scene_type_of(number),
+                     receptacles=tuple(receptacles), object_types=tuple(object_types),
+                     free_locations=tuple(free_locations),
+                     fixed_objects=tuple(tuple(f) for f in room["fixed"]))
   for receptacle_id, (x, z, rotation, horizon) in sorted(poses.items()):
     rtype = _receptacle_type(receptacle_id)
     if rtype not in static_types:
