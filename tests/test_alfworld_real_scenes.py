@@ -8,6 +8,7 @@ inventories, fixed objects and the splits' goal lists.
 from __future__ import annotations
 
 import collections
+import json
 
 from environments.alfworld import generate
 from environments.alfworld import scenes
@@ -124,3 +125,33 @@ def test_goals_are_the_real_splits_goals():
   assert ["pick_clean_then_place_in_recep", "Apple", "Microwave", "", 14, 3] in real["train"]
   # The order depends on the seed, the multiset does not.
   assert generate.real_goals(SEED, "train") != generate.real_goals(SEED + 1, "train")
+
+
+def test_an_object_in_two_receptacles_is_declared_once():
+  # FloorPlan308 (valid_unseen): the real games put its desk lamp in the desk and on a
+  # shelf at once; the problem declares the lamp once with both inReceptacle facts.
+  assert scenes.load_floor_plan(308).fixed_objects == (
+      ("DeskLamp|-02.30|+00.87|+00.75", "DeskLamp", "Desk|-01.58|+00.02|+00.67"),
+      ("DeskLamp|-02.30|+00.87|+00.75", "DeskLamp", "Shelf|-01.96|+00.87|+00.41"))
+  split = "eval_out_of_distribution"
+  task_id = next(t for t, g in enumerate(generate.real_goals(SEED, split)) if g[4] == 308)
+  _, game = generate.game_data(generate.sample_task(SEED, split, task_id))
+  problem = game["pddl_problem"]
+  lamp = "DeskLamp_bar__minus_02_dot_30_bar__plus_00_dot_87_bar__plus_00_dot_75"
+  assert problem.count(f"{lamp} - object") == 1
+  assert problem.count(f"(objectType {lamp} DeskLampType)") == 1
+  assert f"(inReceptacle {lamp} Desk_bar__minus_01_dot_58_bar__plus_00_dot_02_bar__plus_00_dot_67)" in problem
+  assert f"(inReceptacle {lamp} Shelf_bar__minus_01_dot_96_bar__plus_00_dot_87_bar__plus_00_dot_41)" in problem
+
+
+def test_expert_wins_a_look_at_game_in_floor_plan_308(tmp_path):
+  # The real engine loads the game and the expert wins it (the engine rejected the doubly
+  # declared lamp before).
+  split = "eval_out_of_distribution"
+  goals = generate.real_goals(SEED, split)
+  task_id = next(t for t, g in enumerate(goals)
+                 if g[4] == 308 and g[0] == "look_at_obj_in_light")
+  path = generate.ensure_game(str(tmp_path), SEED, split, task_id)
+  with open(path) as f:
+    game = json.load(f)
+  assert game["solvable"] and game["walkthrough"][-1].startswith("use desklamp")

@@ -63,7 +63,12 @@ def problem_pddl(scene: SceneState, goal: str, name: str) -> str:
   objects = ["agent1 - agent"]
   objects += [f"{t}Type - otype" for t in object_types]
   objects += [f"{t}Type - rtype" for t in receptacle_types]
-  objects += [f"{mangle(p.object_id)} - object" for p in scene.placements]
+  # An object may stand in two receptacles at once (the real games have a few: a house plant
+  # on a desk and in a cabinet): one declaration, one inReceptacle fact per receptacle.
+  first = {}
+  for p in scene.placements:
+    first.setdefault(p.object_id, p)
+  objects += [f"{mangle(oid)} - object" for oid in first]
   objects += [f"{mangle(rid)} - receptacle" for rid, _, _ in scene.receptacles]
   objects += [f"{mangle(loc)} - location" for loc in locations]
 
@@ -74,6 +79,9 @@ def problem_pddl(scene: SceneState, goal: str, name: str) -> str:
     if rtype in constants.OPENABLE_CLASS_SET:
       init.append(f"(openable {mangle(rid)})")
   for p in scene.placements:
+    if first[p.object_id] is not p:
+      init.append(f"(inReceptacle {mangle(p.object_id)} {mangle(p.receptacle_id)})")
+  for p in first.values():
     oid = mangle(p.object_id)
     init.append(f"(objectType {oid} {p.object_type}Type)")
     init.append(f"(inReceptacle {oid} {mangle(p.receptacle_id)})")
