@@ -8,7 +8,7 @@
 #   3. the update step at Qwen2.5-1.5B shape (4 x 4 rows x 4096 tokens, fp32 params,
 #      bf16 compute, remat), MFU with xla and with cudnn attention  (bench/update_step.py)
 #   4. one training iteration at full shape on built-in ALFWorld, 16 groups x 8, random
-#      weights, 4 turns x 512 response tokens, time split, tokens/s,
+#      weights, 3 turns x 512 response tokens, time split, tokens/s,
 #      decode roofline fraction, update MFU                         (bench/iteration.py)
 #
 # Usage (repository root, venv active):
@@ -56,12 +56,12 @@ if [ $SMOKE = 1 ]; then
   step update_step 600 python bench/update_step.py --cpu-smoke $PEAKS
   step iteration 900 python bench/iteration.py --cpu-smoke --env-workers 1 $PEAKS
 else
-  step sampler 150 python bench/sampling.py --gpu-shape --batch 128 --prompt-len 512 \
+  step sampler 100 python bench/sampling.py --gpu-shape --batch 128 --prompt-len 512 \
     --new-tokens 256 --repeats 3 $PEAKS
-  step attention 90 python bench/attention_check.py
+  step attention 70 python bench/attention_check.py
   step update_step 90 python bench/update_step.py $PEAKS
   step update_step_cudnn 90 python bench/update_step.py --attention-impl cudnn $PEAKS
-  step iteration 240 python bench/iteration.py --max-steps 4 --iterations 2 --json $PEAKS
+  step iteration 240 python bench/iteration.py --max-steps 3 --iterations 2 --json $PEAKS
 fi
 
 echo "=== summary" | tee -a "$LOG"

@@ -247,7 +247,8 @@ def sweep(args: argparse.Namespace, targets: list[str], shape: Shape) -> None:
           continue
         s = dataclasses.replace(shape, rollout_batch=batch)
         total = measure_sampler(config, s, mesh)['peak'] + adam + ref
-        cells.append(f'sampler batch {batch}: {total / GB:.1f}'
+        want = plan_totals(computed(config, s, devices))[0]
+        cells.append(f'sampler batch {batch}: measured {total / GB:.1f} computed {want / GB:.1f}'
                      f'{"" if total <= capacity else " (no)"}')
         print(f'  {name} {target} {cells[-1]}', flush=True)
         if total <= capacity:
@@ -256,7 +257,9 @@ def sweep(args: argparse.Namespace, targets: list[str], shape: Shape) -> None:
         s = dataclasses.replace(shape, micro=micro_dev * devices,
                                 minibatch=max(shape.minibatch, micro_dev * devices))
         total = measure_update(config, s, mesh)['peak'] + ref
-        cells.append(f'update micro {micro_dev}/device: {total / GB:.1f}'
+        want = plan_totals(computed(config, s, devices))[1]
+        cells.append(f'update micro {micro_dev}/device: measured {total / GB:.1f} computed '
+                     f'{want / GB:.1f}'
                      f'{"" if total <= capacity else " (no)"}')
         print(f'  {name} {target} {cells[-1]}', flush=True)
         if total <= capacity:
@@ -340,20 +343,24 @@ def main() -> None:
   if args.sweep:
     sweep(args, targets, shape)
   if args.grid:
-    print('\ncomputed fit grid (sampler and update both fit; update micro-batch '
-          f'{shape.micro}):')
+    print('\ncomputed fit grid, per prompt length (+ response): the largest sampler call '
+          '(rows, of 128/64/32/16/8) and the largest update micro-batch (rows per device, of '
+          '8/4/2/1) that fit with the resident state; "-" = none:')
     for name in args.models:
       config = qwen25_config(name, args.layers)
       for target in targets:
         devices, capacity = TARGETS[target]
         cells = []
-        for batch in (128, 64, 32, 16):
-          for prompt in (4096, 2048, 1024):
-            s = Shape(batch, prompt, shape.response, shape.micro)
-            ok = max(plan_totals(computed(config, s, devices))) <= capacity
-            cells.append(f'{batch}x{prompt}+{shape.response}:{"Y" if ok else "n"}')
-        print(f'  {name:5s} {target:7s} ' + ' '.join(cells))
-
+        for prompt in (4096, 2048, 1024):
+          batch = next((b for b in (128, 64, 32, 16, 8) if plan_totals(computed(
+              config, dataclasses.replace(shape, rollout_batch=b, prompt=prompt),
+              devices))[0] <= capacity), None)
+          micro = next((m for m in (8, 4, 2, 1) if plan_totals(computed(
+              config, dataclasses.replace(shape, prompt=prompt, micro=m * devices),
+              devices))[1] <= capacity), None)
+          cells.append(f'{prompt}+{shape.response}: sampler {batch or "-"}, update '
+                       f'{micro or "-"}/device')
+        print(f'  {name:5s} {target:7s} ' + ' | '.join(cells))
 
 if __name__ == '__main__':
   main()

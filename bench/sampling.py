@@ -154,7 +154,7 @@ def bench_gpu_shape(args: argparse.Namespace) -> None:
   mean_context = prompt_len + new_tokens / 2
   kv_bytes = args.batch * mean_context * kv_bytes_per_token
   ideal_step_s = (param_bytes + kv_bytes) / (peaks.bandwidth_gbs * 1e9)
-  prefill_mfu = (forward_flops(config, args.batch, prompt_len) / prefill_s
+  prefill_mfu = (forward_flops(config, args.batch, prompt_len, head_positions=1) / prefill_s
                  / (peaks.tflops * 1e12))
   print(f'model: Qwen2.5-1.5B shape, {config.num_layers} layers, {param_bytes / 1e9:.2f} GB of '
         f'bf16 params; batch {args.batch}, prompt {prompt_len}, {new_tokens} new tokens; '
