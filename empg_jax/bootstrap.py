@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from empg_jax import models, sft, tiny_tokenizer
+from empg_jax.errors import ConfigError
 from empg_jax.rollout import AgentConfig, AgentRollout, RolloutBatch
 
 
@@ -40,6 +41,28 @@ def expert_rollouts(c: ml_collections.ConfigDict, tokenizer: Any, num_episodes: 
     batches = [agent.run(tasks[s:s + num_envs], 1, temperature=0.0, seed=0, group_offset=s)
                for s in range(0, num_episodes, num_envs)]
   return RolloutBatch.concatenate(batches)
+
+
+def check_response_budget(response_lengths: np.ndarray, max_response_tokens: int) -> None:
+  """Refuses expert responses the sampler could not finish.
+
+  The sampler stops a response at `sampler.max_response_tokens`; an action cut there is
+  invalid, so a policy that imitated the expert perfectly would still fail every step
+  whose action is longer (WebShop's long search queries), and SFT would teach actions
+  that RL can never sample.
+
+  Args:
+    response_lengths: [num_samples] tokens per expert response, turn end included.
+  """
+  too_long = response_lengths > max_response_tokens
+  if too_long.any():
+    longest = int(response_lengths.max())
+    suggested = -(-longest // 16) * 16
+    raise ConfigError(
+        f"{too_long.mean():.0%} of the expert's responses are longer than "
+        f"sampler.max_response_tokens={max_response_tokens} (longest {longest} tokens), so "
+        "the policy could never finish those actions; set "
+        f"--config.sampler.max_response_tokens={suggested} or more.")
 
 
 def family_atomic_strings(c: ml_collections.ConfigDict) -> list[str]:
@@ -99,6 +122,8 @@ def bootstrap_model(c: ml_collections.ConfigDict, workdir: str) -> tuple[str, di
       seed=c.seed)
   # 3. SFT on expert trajectories with the RL prompts.
   data = expert_rollouts(c, tokenizer, b.sft_episodes, task_offset=64)
+  check_response_budget(np.array([len(r) for r in data.response_tokens]),
+                        c.sampler.max_response_tokens)
   sft.write_jsonl_examples(os.path.join(root, "sft_data.jsonl"), data.prompt_texts,
                            data.response_texts)
   logging.info("SFT on %d expert steps from %d episodes.", data.num_samples, data.num_traj)

@@ -132,3 +132,15 @@ def test_prompt_loss_weight_also_fits_the_prompts(model_dir):
   # Trained on the responses only, the prompts' likelihood is a by-product; with the
   # prompt term it is fitted as well.
   assert prompt_nll(1.0) < 0.9 * prompt_nll(0.0)   # measured: 3.92 vs 4.90
+
+
+def test_bootstrap_refuses_expert_responses_longer_than_the_sampler_budget():
+  from empg_jax.bootstrap import check_response_budget
+  from empg_jax.errors import ConfigError
+  check_response_budget(np.array([10, 32, 7]), 32)   # the turn end may be the last token
+  with pytest.raises(ConfigError) as e:
+    check_response_budget(np.array([10, 33, 57, 7]), 32)
+  message = str(e.value)
+  assert "\n" not in message
+  assert "50% of the expert's responses" in message and "longest 57 tokens" in message
+  assert "--config.sampler.max_response_tokens=64" in message

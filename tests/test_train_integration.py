@@ -34,7 +34,7 @@ def shrink(c, total_iterations):
   c.env.num_workers = 1
   c.rl.num_groups, c.rl.group_size = 2, 2
   c.sampler.max_prompt_tokens = 1024
-  c.sampler.max_response_tokens = 24
+  c.sampler.max_response_tokens = 96   # the expert's searches fit (a 512-token vocabulary)
   # Micro-batches split over the 8 simulated devices (mesh fsdp=8): sharded training.
   c.train.ppo_mini_batch_size = 16
   c.train.micro_batch_size = 8
