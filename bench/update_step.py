@@ -127,12 +127,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--attention-impl', default='xla', choices=('xla', 'cudnn'))
   peaks_lib.add_flags(parser)
-  args = parser.parse_args(argv)
-  if args.cpu_smoke:
-    for k, v in CPU_SMOKE.items():
-      if getattr(args, k) == parser.get_default(k):
-        setattr(args, k, v)
-  return args
+  # --cpu-smoke changes the defaults only: flags given explicitly still win.
+  if parser.parse_known_args(argv)[0].cpu_smoke:
+    parser.set_defaults(**CPU_SMOKE)
+  return parser.parse_args(argv)
 
 
 if __name__ == '__main__':
