@@ -155,13 +155,14 @@ def instrument(trainer, timers: Timers) -> None:
       out = jax.block_until_ready(fn(*args, **kwargs))
       timers.seconds[name] += time.perf_counter() - start
       micro, seq = args[arrays_at]['input_ids'].shape[1:]
-      record.append((int(args[num_micro_at]) * micro, seq))
+      getattr(timers, record).append((int(args[num_micro_at]) * micro, seq))
       return out
     return wrapper
   # score(params, arrays, num_micro, ...); train_step(params, opt_state, arrays, step_adv,
   # num_micro, normalizer).
-  fns.score = timed('scoring', fns.score, timers.score_rows_seq, 1, 2)
-  fns.train_step = timed('update', fns.train_step, timers.update_rows_seq, 2, 4)
+  # Records by name: `Timers.reset` replaces the lists after each iteration.
+  fns.score = timed('scoring', fns.score, 'score_rows_seq', 1, 2)
+  fns.train_step = timed('update', fns.train_step, 'update_rows_seq', 2, 4)
 
 
 def matmul_params(config) -> int:
