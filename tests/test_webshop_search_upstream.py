@@ -17,10 +17,10 @@ import sys
 
 import pytest
 
-from environments.webshop import lucene_analyzer
+from environments.lucene import analyzer as lucene_analyzer
+from environments.lucene.bm25 import lucene_length
 from environments.webshop.data import Product
-from environments.webshop.search_engine import (SEARCH_RETURN_N, SearchEngine,
-                                                document_text, lucene_length)
+from environments.webshop.search_engine import SEARCH_RETURN_N, SearchEngine, document_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,7 +1,9 @@
-"""The text analysis of upstream WebShop's search index, in Python (no Java).
+"""Pyserini's default English analyzer (Lucene's), in Python (no Java).
 
-Upstream indexes its products with Pyserini 0.17.0 (Anserini 0.14, Lucene 8) and its
-default English analyzer, which queries go through too:
+Pyserini indexes JSON documents with its DefaultEnglishAnalyzer, and its LuceneSearcher
+puts queries through the same analyzer. Upstream WebShop (pyserini 0.17.0: Anserini 0.14,
+Lucene 8) and Search-R1's BM25 retriever both search that way, so both built-in search
+families analyse text here (`environments/lucene/bm25.py` indexes the terms):
 
 1. Lucene's StandardTokenizer (Unicode UAX #29 word boundaries): runs of letters, digits
    and `_`, where `.` `'` `:` join two letters (`e.g`, `don't`, `a:b`) and `.` `,` `;`
@@ -15,10 +17,10 @@ default English analyzer, which queries go through too:
    version of his algorithm, which differs from the published one (and from Snowball's
    `porter`) in step 2 (`bli` -> `ble` in place of `abli` -> `able`, and `logi` ->
    `log`: "assembly" -> "assembl"), and leaves words of one or two characters alone
-   ("us" stays "us"). `porter_stem` below is written from the algorithm's description.
+   ("us" stays "us"). `_Porter` below is written from the algorithm's description.
 
-`tests/test_webshop_search_upstream.py` pins concrete analyses taken from Lucene and,
-when pyserini is installed, compares whole catalogs with it.
+`tests/test_webshop_search_upstream.py` pins concrete analyses taken from Lucene 8.3
+(pyserini 0.17.0) and, when pyserini is installed, compares whole catalogs with it.
 """
 
 from __future__ import annotations
@@ -320,8 +322,20 @@ def stem(word: str) -> str:
 
 def analyze(text: str) -> list[str]:
   """The terms Lucene indexes (or searches) for `text`, in order."""
+  terms: list[str] = []
+  # Whitespace never joins two tokens, belongs to none, and carries no marks, so each
+  # whitespace-free run is analysed alone; natural text repeats its runs ("the",
+  # "France.") so much that caching them makes indexing a corpus several times faster.
+  for run in text.split():
+    terms.extend(_analyze_run(run))
+  return terms
+
+
+@functools.lru_cache(maxsize=1 << 19)
+def _analyze_run(run: str) -> tuple[str, ...]:
+  """`analyze` of a text without whitespace."""
   terms = []
-  for token in tokenize(text):
+  for token in tokenize(run):
     if token[-2:].lower() in _POSSESSIVE:
       token = token[:-2]
     # Java lower-cases code point by code point: U+0130 becomes 'i', not 'i' + U+0307.
@@ -329,4 +343,4 @@ def analyze(text: str) -> list[str]:
     if not token or token in STOP_WORDS:
       continue
     terms.append(stem(token))
-  return terms
+  return tuple(terms)
