@@ -1,9 +1,7 @@
 """Retrieval server: real process on a free localhost port, checked against brute force."""
 
-import collections
 import json
 import math
-import re
 import socket
 import subprocess
 import sys
@@ -13,8 +11,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from bm25s.stopwords import STOPWORDS_EN
 
+from environments.lucene import analyzer
 from environments.search import data
 from environments.search import server as server_mod
 from environments.search.retriever import BM25Retriever
@@ -55,27 +53,47 @@ def server(builtin, tmp_path_factory):
   proc.wait(10)
 
 
-def brute_force_bm25(docs: list[str], query: str, k1=1.5, b=0.75) -> np.ndarray:
-  """Independent BM25 (Lucene idf, bm25s's default tokenizer) -> scores [num_docs]."""
-  stop = set(STOPWORDS_EN)
+def _lucene_norm_length(num_terms: int) -> int:
+  """The largest length Lucene's one-byte norm holds that is <= num_terms.
 
-  def tok(text):
-    return [t for t in re.findall(r"(?u)\b\w\w+\b", text.lower()) if t not in stop]
+  SmallFloat.byte4ToInt's 256 values: 0..23 as they are, then 24 + a 4-bit mantissa
+  (leading bit implied above 31) shifted left by the exponent.
+  """
+  table = []
+  for byte in range(256):
+    if byte < 24:
+      table.append(byte)
+    else:
+      mantissa, exponent = (byte - 24) & 7, (byte - 24) >> 3
+      table.append(24 + (mantissa if exponent == 0 else (mantissa | 8) << (exponent - 1)))
+  return max(v for v in table if v <= num_terms)
 
-  doc_toks = [tok(d) for d in docs]
-  lengths = np.array([len(t) for t in doc_toks], dtype=np.float64)
-  avg = lengths.mean()
-  counts = [collections.Counter(t) for t in doc_toks]
-  df = collections.Counter(w for c in counts for w in c)
-  n = len(docs)
-  scores = np.zeros(n)
-  for w in tok(query):  # repeated query words count again, as in bm25s
-    if w not in df:
+
+def brute_force_bm25(docs: list[str], query: str, k1=0.9, b=0.4) -> list[float]:
+  """Lucene 8's BM25 (pyserini's defaults), written out with plain loops -> [num_docs].
+
+  score(d) = sum over query terms t (a repeated term again) of
+             idf(t) * f / (f + k1 * (1 - b + b * norm_len(d) / avgdl)),
+  idf(t) = ln(1 + (N - df + 0.5) / (df + 0.5)), N and avgdl over documents with a term.
+  """
+  f32 = np.float32
+  doc_terms = [analyzer.analyze(d) for d in docs]
+  with_terms = [t for t in doc_terms if t]
+  n = len(with_terms)
+  avgdl = f32(sum(len(t) for t in with_terms) / n)
+  scores = [0.0] * len(docs)
+  for term in analyzer.analyze(query):
+    df = sum(1 for t in doc_terms if term in t)
+    if df == 0:
       continue
-    idf = math.log(1 + (n - df[w] + 0.5) / (df[w] + 0.5))
-    tf = np.array([c.get(w, 0) for c in counts], dtype=np.float64)
-    scores += idf * tf / (tf + k1 * (1 - b + b * lengths / avg))
-  return scores
+    idf = f32(math.log(1 + (n - df + 0.5) / (df + 0.5)))
+    for i, terms in enumerate(doc_terms):
+      f = terms.count(term)
+      if f:
+        norm = f32(k1) * (f32(1 - f32(b)) + f32(b) * f32(_lucene_norm_length(len(terms)))
+                          / avgdl)
+        scores[i] += float(idf * f32(f / (f + float(norm))))
+  return [float(f32(s)) for s in scores]
 
 
 QUERIES = ["capital of France", "Skopje capital city", "Euro currency", "Shanghai city",
@@ -89,24 +107,61 @@ def post(url, payload, **kw):
 
 
 def test_retrieve_matches_brute_force_bm25(server, builtin):
-  docs = [json.loads(l)["contents"] for l in builtin.corpus_path.read_text().splitlines()]
+  rows = [json.loads(l) for l in builtin.corpus_path.read_text().splitlines()]
+  docs = [r["contents"] for r in rows]
   r = post(server, {"queries": QUERIES, "topk": 5, "return_scores": True})
   assert r.status_code == 200
   result = r.json()["result"]
   assert len(result) == len(QUERIES)
   for query, hits in zip(QUERIES, result):
     expected = brute_force_bm25(docs, query)
-    got_scores = np.array([h["score"] for h in hits])
-    np.testing.assert_allclose(got_scores, np.sort(expected)[::-1][:5], rtol=1e-4, atol=1e-5)
+    # Lucene's order: score, then id string; only documents with a query term.
+    ranked = sorted((i for i, s in enumerate(expected) if s > 0),
+                    key=lambda i: (-expected[i], rows[i]["id"]))
+    assert [h["document"]["id"] for h in hits] == [rows[i]["id"] for i in ranked[:5]], query
     for h in hits:  # each returned document really has the score it is listed with
       assert docs[int(h["document"]["id"])] == h["document"]["contents"]
-      np.testing.assert_allclose(h["score"], expected[int(h["document"]["id"])],
-                                 rtol=1e-4, atol=1e-5)
-    if expected.max() > 0:
-      # Without a tie at the boundary the ids are determined too.
-      order = np.argsort(-expected, kind="stable")
-      if expected[order[0]] - expected[order[1]] > 1e-3:
-        assert int(hits[0]["document"]["id"]) == order[0]
+      assert h["score"] == pytest.approx(expected[int(h["document"]["id"])], rel=1e-6)
+  assert result[QUERIES.index("zzzunknownword")] == []
+  assert result[QUERIES.index("the of and")] == []  # Lucene's stop words
+
+
+# A tiny corpus where the rule for each place is visible: scores from Lucene 8's
+# formula (brute_force_bm25), ids in string order on ties ("10" before "2").
+TINY_CORPUS = [
+    ("0", '"Paris"\nParis is the capital of France.'),
+    ("1", '"France"\nFrance is a country. Its capital is Paris.'),
+    ("2", '"Lyon"\nLyon is a city in France.'),
+    ("10", '"Nice"\nNice is a city in France.'),
+    ("3", '"Cities"\nCities of France\'s south: Nice, Marseille, Toulon and Lyon.'),
+    ("4", '"The"\nOf the, and.'),  # no terms: outside N and avgdl, as in Lucene
+]
+TINY_RANKINGS = {
+    "capital of France": (["0", "1", "10", "2", "3"], [0.5297, 0.5066, 0.0479, 0.0479,
+                                                        0.0416]),
+    "capital capital": (["0", "1"], [0.9637, 0.8954]),  # a repeated term counts twice
+    "cities": (["3", "10", "2"], [0.3484, 0.2967, 0.2967]),
+    "Nice's city": (["10", "3", "2"], [0.9182, 0.7665, 0.2967]),
+    "lyon france": (["2", "3", "1", "0", "10"], [0.6695, 0.4597, 0.0589, 0.0479, 0.0479]),
+    "the and of": ([], []),
+}
+
+
+def test_tiny_corpus_rankings_are_pinned(tmp_path):
+  corpus = tmp_path / "tiny.jsonl"
+  corpus.write_text("".join(json.dumps({"id": i, "contents": c}) + "\n"
+                            for i, c in TINY_CORPUS))
+  retriever = BM25Retriever(corpus, verbose=False)
+  docs = [c for _, c in TINY_CORPUS]
+  for query, (ids, scores) in TINY_RANKINGS.items():
+    (rows, got), = retriever.search([query], 10)
+    assert [TINY_CORPUS[i][0] for i in rows] == ids, query
+    assert [round(float(s), 4) for s in got] == scores, query
+    expected = brute_force_bm25(docs, query)
+    assert [float(s) for s in got] == pytest.approx([expected[i] for i in rows], rel=1e-6)
+  # A tie across the cut: "10" (row 3) goes before "2" (row 2).
+  (rows, _), = retriever.search(["capital of France"], 3)
+  assert [TINY_CORPUS[i][0] for i in rows] == ["0", "1", "10"]
 
 
 def test_batch_and_single_queries_agree(server):
@@ -244,12 +299,24 @@ def test_user_corpus_index_is_cached_and_rebuilt_on_change(tmp_path):
   rows = [{"id": f"doc-{i}", "contents": f'"T{i}"\nalpha beta {"gamma " * i}'}
           for i in range(6)]
   corpus.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+  # An index bm25s wrote before (same corpus, older format) is never read as ours.
+  from environments.search.corpus import file_fingerprint  # pylint: disable=g-import-not-at-top
+  old = tmp_path / f"{corpus.name}.bm25s-{file_fingerprint(corpus)[:16]}"
+  old.mkdir()
+  (old / "meta.json").write_text(json.dumps({"format": "bm25s-v1"}))
   first = BM25Retriever(corpus, verbose=False)
   assert first.index_dir.parent == tmp_path and (first.index_dir / "meta.json").is_file()
+  assert ".lucene-bm25-" in first.index_dir.name and first.index_dir != old
   (idx, scores), = first.search(["gamma"], 2)
   assert [first.corpus[int(i)]["id"] for i in idx] == ["doc-5", "doc-4"]
   again = BM25Retriever(corpus, verbose=False)
   assert again.index_dir == first.index_dir
+  # A damaged cache is rebuilt, not read.
+  np.save(first.index_dir / "doc_rows.npy", np.zeros(1, np.int32))
+  rebuilt = BM25Retriever(corpus, verbose=False)
+  assert rebuilt.index_dir == first.index_dir
+  assert [rebuilt.corpus[int(i)]["id"] for i in rebuilt.search(["gamma"], 2)[0][0]] == [
+      "doc-5", "doc-4"]
   time.sleep(0.01)
   corpus.write_text(corpus.read_text() + json.dumps({"id": "x", "contents": '"X"\ndelta'}) + "\n")
   changed = BM25Retriever(corpus, verbose=False)

@@ -325,7 +325,7 @@ def test_task_types_cover_the_categories(env):
 
 
 def test_env_never_imports_jax(data_dir):
-  # bm25s would import JAX (and start a backend) if nothing stopped it.
+  # Pool workers must not import JAX (each would start a backend).
   code = ("import sys, environments; "
           f"e = environments.make('webshop', split='test', data_dir={data_dir!r}); "
           "e.reset(0); e.step(e.expert_action()); "

@@ -88,7 +88,12 @@ class JsonlCorpus:
 
   def iter_contents(self) -> Iterator[str]:
     """Streams `contents` of every row in order, validating the format on the way."""
+    return (contents for _, contents in self.iter_documents())
+
+  def iter_documents(self) -> Iterator[tuple[str, str]]:
+    """Streams (id, contents) of every row in order (ids as `__getitem__` gives them)."""
     with open(self.path, "rb") as f:
+      row_index = 0
       for lineno, line in enumerate(f, 1):
         if not line.strip():
           continue
@@ -101,7 +106,8 @@ class JsonlCorpus:
               'object with a string "contents" field ("\\"Title\\"\\ntext").') from e
         if not isinstance(contents, str):
           raise ValueError(f"{self.path}:{lineno}: \"contents\" must be a string.")
-        yield contents
+        yield str(row.get("id", row_index)), contents
+        row_index += 1
 
   def close(self) -> None:
     if self._fd >= 0:

@@ -1,9 +1,9 @@
 """The built-in offline data: corpus + questions, built once under the data dir.
 
-    data_dir/v1/corpus.jsonl             Search-R1 JSONL corpus ({id, contents})
-    data_dir/v1/corpus.jsonl.bm25s-*/    its BM25 index (built by the evidence check)
-    data_dir/v1/questions-seed{S}.jsonl  all splits, one question per line
-    data_dir/v1/questions-seed{S}.report.json  what the evidence check kept
+    data_dir/v2/corpus.jsonl                   Search-R1 JSONL corpus ({id, contents})
+    data_dir/v2/corpus.jsonl.lucene-bm25-*/    its BM25 index (built by the evidence check)
+    data_dir/v2/questions-seed{S}.jsonl        all splits, one question per line
+    data_dir/v2/questions-seed{S}.report.json  what the evidence check kept
 
 Built under a file lock with atomic writes, so concurrent env workers build it once.
 """
@@ -18,7 +18,8 @@ from pathlib import Path
 from environments.files import atomic_write_text
 from environments.search.corpus import write_corpus
 
-DATA_VERSION = "v1"
+# v2: questions checked against Lucene's BM25 (v1: bm25s's), which keeps other questions.
+DATA_VERSION = "v2"
 
 
 def default_data_dir() -> Path:

@@ -1,9 +1,8 @@
-"""Retrievers behind the server: BM25 (bm25s) and dense (a local sentence encoder).
+"""Retrievers behind the server: BM25 (Lucene's, as Search-R1) and dense (a sentence encoder).
 
 Both map a batch of query strings to, per query, the top-k (row index, score) pairs of a
-`JsonlCorpus`. Ties are broken by row index so that the same query gives the same
-documents whether it is sent alone or in a batch (for dense retrieval up to float noise in
-the query embedding; see `DenseRetriever`).
+`JsonlCorpus`, the same whether a query is sent alone or in a batch (for dense retrieval
+up to float noise in the query embedding; see `DenseRetriever`).
 """
 
 from __future__ import annotations
@@ -23,13 +22,12 @@ from typing import Sequence
 import numpy as np
 
 from environments import files
+from environments.lucene.bm25 import Bm25Index
 from environments.search.corpus import JsonlCorpus, file_fingerprint
 
-# bm25s's own defaults (tokenizer and scorer); the test's brute-force BM25 mirrors them.
-BM25_PARAMS = {"k1": 1.5, "b": 0.75, "method": "lucene"}
-TOKEN_PATTERN = r"(?u)\b\w\w+\b"
-STOPWORDS = "english"
-INDEX_FORMAT = "bm25s-v1"
+# Names the BM25 cache folder; a new name whenever what is indexed or how changes, so an
+# older cache (bm25s's, before) is never read as this one.
+BM25_INDEX_KIND = "lucene-bm25"
 
 
 def _log(msg: str) -> None:
@@ -62,74 +60,71 @@ def index_dir_for(corpus_path: Path, fingerprint: str, kind: str,
 
 
 class BM25Retriever:
-  """bm25s index over a JSONL corpus, built once and cached next to the corpus."""
+  """Search-R1's BM25 retriever: pyserini's LuceneSearcher over a default pyserini index.
+
+  Search-R1 (search_r1/search/retrieval_server.py) searches an index that pyserini built
+  from the JSONL corpus (JsonCollection: the `contents` field, '"Title"\ntext', analysed
+  with the default English analyzer, the `id` field as document id) with
+  `LuceneSearcher.search(query, k)`: BM25 k1 = 0.9, b = 0.4, only documents that hold a
+  query term, ties by id string. `environments.lucene` computes exactly that. The index is
+  built once, streaming the corpus, and cached next to it (memory-mapped when loaded).
+  """
 
   def __init__(self, corpus_path: str | os.PathLike, cache_root: str | None = None,
                verbose: bool = True):
-    import bm25s  # pylint: disable=g-import-not-at-top
-    self._bm25s = bm25s
     corpus_path = Path(corpus_path)
     if not corpus_path.is_file():
       raise FileNotFoundError(f"Corpus file {corpus_path} does not exist.")
     self.fingerprint = file_fingerprint(corpus_path)
-    self.index_dir = index_dir_for(corpus_path, self.fingerprint, "bm25s",
+    self.index_dir = index_dir_for(corpus_path, self.fingerprint, BM25_INDEX_KIND,
                                    Path(cache_root) if cache_root else None)
-    meta_path = self.index_dir / "meta.json"
-    if meta_path.is_file() and json.loads(meta_path.read_text()).get("format") == INDEX_FORMAT:
-      if verbose:
-        _log(f"loading cached BM25 index {self.index_dir}")
-      self.model = bm25s.BM25.load(str(self.index_dir), show_progress=False)
-      offsets = np.load(self.index_dir / "offsets.npy")
-      self.corpus = JsonlCorpus(corpus_path, offsets=offsets)
-    else:
+    self.index: Bm25Index | None = None
+    if Bm25Index.is_complete(self.index_dir):
+      try:
+        self.index = Bm25Index.load(self.index_dir)
+        self.corpus = JsonlCorpus(corpus_path,
+                                  offsets=np.load(self.index_dir / "offsets.npy"))
+        if verbose:
+          _log(f"loaded cached BM25 index {self.index_dir}")
+      except (OSError, ValueError) as e:
+        self.index = None
+        _log(f"cached BM25 index {self.index_dir} is damaged ({e}); rebuilding it")
+    if self.index is None:
       self.corpus = JsonlCorpus(corpus_path)
       if verbose:
         _log(f"building BM25 index of {len(self.corpus)} passages -> {self.index_dir}")
-      self.model = self._build(self.corpus)
-      self._save()
+      self.index = self._build_and_publish()
     if len(self.corpus) == 0:
       raise ValueError(f"Corpus {corpus_path} has no passages.")
+    if self.index.num_docs != len(self.corpus):
+      raise ValueError(f"BM25 index {self.index_dir} has {self.index.num_docs} documents "
+                       f"for {len(self.corpus)} corpus rows; delete it to rebuild.")
 
-  def _build(self, corpus: JsonlCorpus):
-    texts = list(corpus.iter_contents())
-    tokens = self._bm25s.tokenize(texts, lower=True, token_pattern=TOKEN_PATTERN,
-                                  stopwords=STOPWORDS, show_progress=False)
-    del texts
-    model = self._bm25s.BM25(**BM25_PARAMS)
-    model.index(tokens, show_progress=False)
-    return model
-
-  def _save(self) -> None:
+  def _build_and_publish(self) -> Bm25Index:
     # Build in a temp dir and rename, so a concurrent reader never loads half an index.
     self.index_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{self.index_dir.name}.", dir=self.index_dir.parent))
     try:
-      self.model.save(str(tmp), show_progress=False)
       np.save(tmp / "offsets.npy", self.corpus.offsets)
-      (tmp / "meta.json").write_text(json.dumps({
-          "format": INDEX_FORMAT, "corpus": str(self.corpus.path),
-          "fingerprint": self.fingerprint, "num_docs": len(self.corpus),
-          "params": BM25_PARAMS, "stopwords": STOPWORDS}))
+      (tmp / "corpus.json").write_text(json.dumps({
+          "corpus": str(self.corpus.path), "fingerprint": self.fingerprint,
+          "num_docs": len(self.corpus)}))
+      Bm25Index.build(self.corpus.iter_documents(), tmp)  # meta.json last: complete
+      os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is shared.
+      if self.index_dir.exists():
+        shutil.rmtree(self.index_dir)  # a damaged index of the same key
       files.publish_dir(tmp, self.index_dir, complete_marker="meta.json")
     finally:
       shutil.rmtree(tmp, ignore_errors=True)
-
-  def tokenize(self, queries: Sequence[str]) -> list[list[str]]:
-    return self._bm25s.tokenize(list(queries), lower=True, token_pattern=TOKEN_PATTERN,
-                                stopwords=STOPWORDS, return_ids=False, show_progress=False)
+    return Bm25Index.load(self.index_dir)
 
   def search(self, queries: Sequence[str], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """-> per query (row indices [k'], scores [k']) with k' = min(k, num_docs)."""
-    out = []
-    num_docs = len(self.corpus)
-    for toks in self.tokenize(queries):
-      known = [t for t in toks if t in self.model.vocab_dict]
-      if known:
-        scores = self.model.get_scores(known)
-      else:
-        scores = np.zeros(num_docs, dtype=np.float32)
-      out.append(top_k(np.asarray(scores), k))
-    return out
+    """-> per query (row indices int64 [k'], float32 scores [k']), k' <= k.
+
+    As pyserini, only documents that hold a query term: fewer than k (none for a query
+    of stop words or unknown words) when fewer match.
+    """
+    return [self.index.search(q, k) for q in queries]
 
 
 # ----------------------------------------------------------------------------- dense
