@@ -13,6 +13,8 @@ import pytest
 from empg_jax import study as study_lib
 from empg_jax import study_runs
 
+import presets
+
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _spec = importlib.util.spec_from_file_location(
     "launch_study", os.path.join(_REPO_ROOT, "launch", "study.py"))
@@ -343,23 +345,8 @@ def test_is_finished(tmp_path):
 
 # -- a real study, shrunk ------------------------------------------------------------------
 
-# The tiny WebShop preset made as small as a run can be: one iteration of 1 group x 2
-# episodes of 3 turns, 2 eval goals, a 1-layer 32-wide model warm-started on 8 episodes
-# (responses up to 96 tokens: the expert's search queries must fit, see bootstrap),
-# prompts of at most 256 tokens (one sampler program; micro-batches of 8 for 8 devices).
-SHRINK = [
-    "--config.total_iterations=1", "--config.checkpoint_every=1", "--config.eval_every=1",
-    "--config.env.max_steps=3", "--config.env.num_workers=1",
-    "--config.rl.num_groups=1", "--config.rl.group_size=2",
-    "--config.sampler.max_prompt_tokens=256", "--config.sampler.max_response_tokens=96",
-    "--config.train.length_buckets=(384,)", "--config.train.ppo_mini_batch_size=8",
-    "--config.train.micro_batch_size=8", "--config.eval.num_tasks=2",
-    "--config.bootstrap.sft_episodes=8", "--config.bootstrap.sft_epochs=1",
-    "--config.bootstrap.sft_batch_size=4", "--config.bootstrap.vocab_size=512",
-    "--config.bootstrap.hidden_size=32", "--config.bootstrap.intermediate_size=64",
-    "--config.bootstrap.num_layers=1", "--config.bootstrap.num_heads=2",
-    "--config.bootstrap.num_kv_heads=1",
-]
+# The tiny WebShop preset made as small as a run can be (tests/presets.py).
+SHRINK = presets.webshop_tiny_flags()
 
 
 @pytest.mark.slow

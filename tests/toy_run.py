@@ -8,6 +8,8 @@ import os
 from configs import base as config_base
 from empg_jax import prompts as prompts_lib
 
+import presets
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Settings on top of the ':tiny' preset, as `--config.*` flags take them.
@@ -49,6 +51,4 @@ def config(model_dir: str, **changes):
 def flags(model_dir: str, **changes) -> list[str]:
   """The same config as `launch/train.py` flags on configs/toy.py:tiny."""
   values = {**OVERRIDES, "model.path": model_dir, **changes}
-  return ["--config=configs/toy.py:tiny"] + [
-      f"--config.{k}={str(v).lower() if isinstance(v, bool) else v}"
-      for k, v in values.items()]
+  return ["--config=configs/toy.py:tiny"] + presets.as_flags(values)
