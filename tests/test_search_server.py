@@ -325,6 +325,25 @@ def test_user_corpus_index_is_cached_and_rebuilt_on_change(tmp_path):
   assert changed.corpus[int(idx[0])]["id"] == "x"
 
 
+def test_processes_racing_on_a_fresh_index(tmp_path):
+  corpus = tmp_path / "race.jsonl"
+  corpus.write_text("".join(json.dumps({"id": i, "contents": c}) + "\n"
+                            for i, c in TINY_CORPUS))
+  code = ("import sys; from environments.search.retriever import BM25Retriever; "
+          "r = BM25Retriever(sys.argv[1], verbose=False); "
+          "print([int(i) for i in r.search(['capital of France'], 3)[0][0]])")
+  procs = [subprocess.Popen([sys.executable, "-c", code, str(corpus)], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+           for _ in range(3)]
+  outputs = [p.communicate(timeout=120) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0, 0], outputs
+  assert {out for out, _ in outputs} == {"[0, 1, 3]\n"}
+  # No temp folders left (builds and spills); one published index.
+  assert not [p for p in tmp_path.iterdir()
+              if p.name.startswith((".tmp", f".{corpus.name}.lucene"))]
+  assert len([p for p in tmp_path.iterdir() if ".lucene-bm25-" in p.name]) == 1
+
+
 def test_bad_corpus_is_a_clear_error(tmp_path):
   bad = tmp_path / "bad.jsonl"
   bad.write_text('{"id": 1, "text": "no contents field"}\n')

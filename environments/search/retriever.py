@@ -78,27 +78,33 @@ class BM25Retriever:
     self.fingerprint = file_fingerprint(corpus_path)
     self.index_dir = index_dir_for(corpus_path, self.fingerprint, BM25_INDEX_KIND,
                                    Path(cache_root) if cache_root else None)
-    self.index: Bm25Index | None = None
-    if Bm25Index.is_complete(self.index_dir):
-      try:
-        self.index = Bm25Index.load(self.index_dir)
-        self.corpus = JsonlCorpus(corpus_path,
-                                  offsets=np.load(self.index_dir / "offsets.npy"))
-        if verbose:
-          _log(f"loaded cached BM25 index {self.index_dir}")
-      except (OSError, ValueError) as e:
-        self.index = None
-        _log(f"cached BM25 index {self.index_dir} is damaged ({e}); rebuilding it")
-    if self.index is None:
+    cached = self._load_cached()
+    if cached is not None:
+      self.index, offsets = cached
+      self.corpus = JsonlCorpus(corpus_path, offsets=offsets)
+      if verbose:
+        _log(f"loaded cached BM25 index {self.index_dir}")
+    else:
       self.corpus = JsonlCorpus(corpus_path)
       if verbose:
         _log(f"building BM25 index of {len(self.corpus)} passages -> {self.index_dir}")
       self.index = self._build_and_publish()
     if len(self.corpus) == 0:
       raise ValueError(f"Corpus {corpus_path} has no passages.")
-    if self.index.num_docs != len(self.corpus):
-      raise ValueError(f"BM25 index {self.index_dir} has {self.index.num_docs} documents "
-                       f"for {len(self.corpus)} corpus rows; delete it to rebuild.")
+
+  def _load_cached(self) -> tuple[Bm25Index, np.ndarray] | None:
+    """The complete, readable index in `index_dir` and its row offsets, else None."""
+    if not Bm25Index.is_complete(self.index_dir):
+      return None
+    try:
+      index = Bm25Index.load(self.index_dir)
+      offsets = np.load(self.index_dir / "offsets.npy")
+      if index.num_docs != len(offsets):
+        raise ValueError(f"{index.num_docs} documents for {len(offsets)} rows")
+    except (OSError, ValueError) as e:
+      _log(f"cached BM25 index {self.index_dir} is damaged ({e}); rebuilding it")
+      return None
+    return index, offsets
 
   def _build_and_publish(self) -> Bm25Index:
     # Build in a temp dir and rename, so a concurrent reader never loads half an index.
@@ -111,12 +117,16 @@ class BM25Retriever:
           "num_docs": len(self.corpus)}))
       Bm25Index.build(self.corpus.iter_documents(), tmp)  # meta.json last: complete
       os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is shared.
-      if self.index_dir.exists():
-        shutil.rmtree(self.index_dir)  # a damaged index of the same key
+      if self.index_dir.exists() and self._load_cached() is None:
+        # Damaged; a good one that another process published meanwhile stays.
+        shutil.rmtree(self.index_dir, ignore_errors=True)
       files.publish_dir(tmp, self.index_dir, complete_marker="meta.json")
     finally:
       shutil.rmtree(tmp, ignore_errors=True)
-    return Bm25Index.load(self.index_dir)
+    cached = self._load_cached()
+    if cached is None:
+      raise RuntimeError(f"BM25 index {self.index_dir} was published but does not load.")
+    return cached[0]
 
   def search(self, queries: Sequence[str], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """-> per query (row indices int64 [k'], float32 scores [k']), k' <= k.
