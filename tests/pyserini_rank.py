@@ -1,6 +1,9 @@
-"""Runs upstream WebShop's search with pyserini, for tests/test_webshop_search_upstream.py.
+"""Runs a search with pyserini, for the tests that compare our Lucene BM25 with Lucene's.
 
-Usage (by an interpreter that has pyserini==0.17.0 and a Java runtime):
+Used by tests/test_webshop_search_upstream.py (upstream WebShop's index) and
+tests/test_search_server.py (Search-R1's BM25 retriever, whose index pyserini builds from
+the corpus with the same defaults). The tests call `ranked_ids`, which runs this file
+under `pyserini_python()`; by hand:
   python tests/pyserini_rank.py REQUEST.json RESPONSE.json
 REQUEST: {"docs": [{"id", "contents"}], "queries": [str], "k": int, "analyze": [str]}.
 The documents are indexed as upstream's search_engine/run_indexing.sh does (JsonCollection,
@@ -17,6 +20,7 @@ import importlib.util
 import importlib.machinery
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from unittest import mock
@@ -82,6 +86,27 @@ def main(request_path: str, response_path: str) -> None:
     analyzed = [list(analyzer.analyze(t)) for t in request.get("analyze", [])]
   with open(response_path, "w") as f:
     json.dump({"ids": ids, "scores": scores, "analyzed": analyzed}, f)
+
+
+def pyserini_python() -> str | None:
+  """An interpreter with pyserini: $EMPG_PYSERINI_PYTHON, else this one if it has it."""
+  env = os.environ.get("EMPG_PYSERINI_PYTHON")
+  if env:
+    return env
+  return sys.executable if importlib.util.find_spec("pyserini") is not None else None
+
+
+def ranked_ids(python: str, docs: list[dict], queries: list[str], k: int,
+               workdir: str) -> list[list[str]]:
+  """Lucene's top-k document ids for each query, over `docs` ({id, contents})."""
+  request, response = os.path.join(workdir, "request.json"), os.path.join(workdir,
+                                                                         "response.json")
+  with open(request, "w") as f:
+    json.dump({"docs": docs, "queries": queries, "k": k}, f)
+  subprocess.run([python, os.path.abspath(__file__), request, response], check=True,
+                 capture_output=True, timeout=1800)
+  with open(response) as f:
+    return json.load(f)["ids"]
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import json
 import math
+import random
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from environments.lucene import analyzer
 from environments.search import data
 from environments.search import server as server_mod
 from environments.search.retriever import BM25Retriever
+from tests import pyserini_rank
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -162,6 +164,31 @@ def test_tiny_corpus_rankings_are_pinned(tmp_path):
   # A tie across the cut: "10" (row 3) goes before "2" (row 2).
   (rows, _), = retriever.search(["capital of France"], 3)
   assert [TINY_CORPUS[i][0] for i in rows] == ["0", "1", "10"]
+
+
+@pytest.mark.slow
+def test_rankings_equal_pyserini_on_the_builtin_corpus(builtin, tmp_path):
+  # Search-R1's BM25 is pyserini's LuceneSearcher over a default pyserini index of the
+  # corpus; runs where pyserini is (in this interpreter or $EMPG_PYSERINI_PYTHON).
+  python = pyserini_rank.pyserini_python()
+  if python is None:
+    pytest.skip("pyserini is not installed (not a project dependency): install it (and "
+                "Java 11+) here, or set EMPG_PYSERINI_PYTHON to a python that has it")
+  rows = [json.loads(l) for l in builtin.corpus_path.read_text().splitlines()]
+  questions = [json.loads(l) for l in builtin.questions_path.read_text().splitlines()]
+  rng = random.Random(0)
+  queries = sorted({q for r in questions for q in r["queries"]})
+  queries += [r["question"] for r in rng.sample(questions, 500)]
+  words = [w for r in rows for w in r["contents"].split()]
+  queries += [" ".join(rng.sample(words, rng.randint(1, 4))) for _ in range(1000)]
+  k = 10
+  lucene = pyserini_rank.ranked_ids(python, rows, queries, k, str(tmp_path))
+  retriever = BM25Retriever(builtin.corpus_path, verbose=False)
+  ours = [[retriever.corpus[int(i)]["id"] for i in idx]
+          for idx, _ in retriever.search(queries, k)]
+  same = sum(a == b for a, b in zip(ours, lucene))
+  print(f"{len(queries)} queries: top-{k} lists equal to pyserini's for {same}")
+  assert same / len(queries) >= 0.99
 
 
 def test_batch_and_single_queries_agree(server):

@@ -8,12 +8,8 @@ named by $EMPG_PYSERINI_PYTHON (pyserini is not a project dependency; it needs J
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import re
-import subprocess
-import sys
 
 import pytest
 
@@ -21,8 +17,7 @@ from environments.lucene import analyzer as lucene_analyzer
 from environments.lucene.bm25 import lucene_length
 from environments.webshop.data import Product
 from environments.webshop.search_engine import SEARCH_RETURN_N, SearchEngine, document_text
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import pyserini_rank
 
 
 def _product(asin: str, title: str, **fields) -> Product:
@@ -129,17 +124,6 @@ def test_document_text_is_upstreams_contents_field():
   assert document_text(_product("B000000002", "T")) == "t   "
 
 
-def _pyserini_python() -> str | None:
-  env = os.environ.get("EMPG_PYSERINI_PYTHON")
-  if env:
-    return env
-  try:
-    import pyserini  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    return None
-  return sys.executable
-
-
 def _catalog_queries(catalog, rng: random.Random) -> list[tuple[str, str, str]]:
   """(type, query, target) for the goals, titles and random word bags of a catalog."""
   from environments.webshop.expert import instruction_query  # pylint: disable=g-import-not-at-top
@@ -160,7 +144,7 @@ def _catalog_queries(catalog, rng: random.Random) -> list[tuple[str, str, str]]:
 
 @pytest.mark.slow
 def test_rankings_equal_pyserini_on_the_synthetic_catalog(tmp_path):
-  python = _pyserini_python()
+  python = pyserini_rank.pyserini_python()
   if python is None:
     pytest.skip("pyserini is not installed (not a project dependency): install "
                 "pyserini==0.17.0 (and Java 11+) here, or set EMPG_PYSERINI_PYTHON to a "
@@ -169,14 +153,9 @@ def test_rankings_equal_pyserini_on_the_synthetic_catalog(tmp_path):
   catalog, _ = load_shop(str(tmp_path / "data"), seed=0)
   engine = SearchEngine.build(catalog.products)
   queries = _catalog_queries(catalog, random.Random(0))
-  request = {"docs": [{"id": p.asin, "contents": document_text(p)}
-                      for p in catalog.products],
-             "queries": [q for _, q, _ in queries], "k": SEARCH_RETURN_N}
-  req, resp = tmp_path / "request.json", tmp_path / "response.json"
-  req.write_text(json.dumps(request))
-  subprocess.run([python, os.path.join(ROOT, "tests", "pyserini_rank.py"), str(req),
-                  str(resp)], check=True, capture_output=True, timeout=1800)
-  lucene = json.loads(resp.read_text())["ids"]
+  lucene = pyserini_rank.ranked_ids(
+      python, [{"id": p.asin, "contents": document_text(p)} for p in catalog.products],
+      [q for _, q, _ in queries], SEARCH_RETURN_N, str(tmp_path))
 
   def page(ids, asin):
     return ids.index(asin) // 10 if asin in ids else None
