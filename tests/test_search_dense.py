@@ -210,7 +210,9 @@ def test_numpy_search_in_blocks_equals_one_block(numpy_retriever, query_embeddin
   monkeypatch.setattr(retrievers, "_NUMPY_SCORE_BLOCK", 7 * len(QUERIES))  # 7-row blocks
   for (ia, sa), (ib, sb) in zip(whole, numpy_retriever.search_embeddings(query_embeddings, 6)):
     np.testing.assert_array_equal(ia, ib)
-    np.testing.assert_array_equal(sa, sb)
+    # BLAS may pick another kernel for another block shape: the last bits of a dot
+    # product can differ (6e-8 seen), the ranking may not.
+    np.testing.assert_allclose(sa, sb, rtol=1e-6, atol=1e-6)
 
 
 def test_cache_is_reused_rebuilt_when_broken_and_keyed_by_corpus(
