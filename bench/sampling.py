@@ -13,6 +13,17 @@ call compiles) and timed over `--repeats` calls; the median is reported.
     python bench/sampling.py --gpu-shape --layers 2 --batch 8 --prompt-len 32 \
         --new-tokens 8                                           # code-path check on CPU
     python bench/sampling.py --truncation    # top-k/top-p: candidates vs whole-row sort
+    python bench/sampling.py --smollm2       # a real model (or --model DIR) vs transformers
+
+`--smollm2` / `--model DIR` (an HF directory, e.g. what `launch/convert_gguf.py
+--smollm2` writes): the real model, loaded by both sides from the same files, at batches
+8 and 32 (`--batches`), prompts of random token ids of about 200 tokens (`--prompt-len`),
+greedy and top-p 0.9 sampling, `--new-tokens` forced (no stop ids). Per setting it prints
+ours and transformers' `generate` times and their ratio (median of `--repeats`
+interleaved rounds), how many greedy rows are identical, and the limit fractions: decode
+(ms per step from a 1-token and an N-token call) against the bandwidth bound (weights +
+mean KV cache read once per step, at the measured copy bandwidth) and the prefill's MFU
+against the measured matmul throughput (bench/peaks.py).
 
 `--gpu-shape` builds a Qwen2.5-1.5B-shaped random model (28 layers, hidden
 1536, 12 heads, 2 KV heads, intermediate 8960, vocab 151936, tied embeddings)
@@ -122,6 +133,89 @@ def bench_vs_transformers(args: argparse.Namespace) -> None:
   print(f'speed-up ours / transformers: {hf_s / ours_s:.2f}x')
 
 
+def _hf_generate(hf_model, prompts, new_tokens: int, *, greedy: bool, top_p: float):
+  """transformers' generate on the left-padded prompts -> [B, new_tokens] token ids."""
+  import torch  # pylint: disable=g-import-not-at-top
+  width = max(len(p) for p in prompts)
+  input_ids = torch.zeros((len(prompts), width), dtype=torch.long)
+  attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+  for i, p in enumerate(prompts):
+    input_ids[i, width - len(p):] = torch.tensor(p)
+    attention_mask[i, width - len(p):] = 1
+  sampling_kwargs = ({'do_sample': False} if greedy else
+                     {'do_sample': True, 'temperature': 1.0, 'top_k': 0, 'top_p': top_p})
+  with torch.no_grad():
+    out = hf_model.generate(
+        input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens, pad_token_id=0, eos_token_id=None, **sampling_kwargs)
+  return out[:, width:].numpy()
+
+
+def bench_real_model(args: argparse.Namespace) -> list[dict[str, float]]:
+  """Our Sampler vs transformers generate on a real HF model, with limit fractions.
+
+  Returns one dict per (batch, mode) with the printed figures."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(os.cpu_count() or 1)
+  model_dir = args.model
+  if args.smollm2:
+    from empg_jax import model_cache  # pylint: disable=g-import-not-at-top
+    model_dir = str(model_cache.prepare_smollm2('float32'))
+  peaks = peaks_lib.resolve(args, matmul_dtype=jnp.float32)
+  model = load_pretrained(model_dir)
+  config = model.config
+  hf_model = transformers.AutoModelForCausalLM.from_pretrained(
+      model_dir, dtype=torch.float32).eval()
+  leaves = jax.tree.leaves(nnx.state(model))
+  param_bytes = sum(x.nbytes for x in leaves)
+  param_dtype = leaves[0].dtype.name
+  kv_itemsize = jnp.dtype(model.init_cache(1, 1).k.dtype).itemsize
+  kv_bytes_per_token = 2 * config.num_layers * config.num_kv_heads * config.head_dim * kv_itemsize
+  sampler = sampling.Sampler(model)
+  new_tokens, lo = args.new_tokens, args.prompt_len - args.prompt_len // 8
+  print(f'model: {model_dir} ({config.architecture}, {config.num_layers} layers, hidden '
+        f'{config.hidden_size}, {param_bytes / 1e6:.0f} MB of {param_dtype} params); '
+        f'prompts {lo}..{args.prompt_len} tokens, {new_tokens} new tokens; '
+        f'{jax.devices()[0].platform}, {os.cpu_count()} CPU threads; {peaks}')
+  results = []
+  for batch in args.batches:
+    prompts = _prompts(batch, lo, args.prompt_len, config.vocab_size, seed=batch)
+    for mode, top_p in (('greedy', 1.0), ('top-p 0.9', 0.9)):
+      greedy = mode == 'greedy'
+      temperature = 0.0 if greedy else 1.0
+      full = sampling.SamplingParams(new_tokens, temperature=temperature, top_p=top_p)
+      one = sampling.SamplingParams(1, temperature=temperature, top_p=top_p)
+      ours = _generate_and_block(sampler, prompts, full, 0)   # compiles
+      _generate_and_block(sampler, prompts, one, 0)
+      theirs = _hf_generate(hf_model, prompts, new_tokens, greedy=greedy, top_p=top_p)
+      same = sum(list(t) == list(h) for t, h in zip(ours.tokens, theirs)) if greedy else None
+      rounds = []
+      for r in range(args.repeats):   # interleaved, so background load hits both alike
+        rounds.append((
+            _median_time(lambda: _generate_and_block(sampler, prompts, full, r + 1), 1),
+            _median_time(lambda: _generate_and_block(sampler, prompts, one, r + 1), 1),
+            _median_time(lambda: _hf_generate(hf_model, prompts, new_tokens, greedy=greedy,
+                                              top_p=top_p), 1)))
+      ours_s, prefill_s, hf_s = (statistics.median(x) for x in zip(*rounds))
+      step_s = max(ours_s - prefill_s, 1e-9) / (new_tokens - 1)
+      mean_context = (lo + args.prompt_len) / 2 + new_tokens / 2
+      ideal_step_s = ((param_bytes + batch * mean_context * kv_bytes_per_token)
+                      / (peaks.bandwidth_gbs * 1e9))
+      prefill_mfu = (forward_flops(config, batch, (lo + args.prompt_len) // 2, head_positions=1)
+                     / prefill_s / (peaks.tflops * 1e12))
+      print(f'batch {batch:3d} {mode:9s}: ours {ours_s:6.2f} s, transformers {hf_s:6.2f} s, '
+            f'ours/transformers speed {hf_s / ours_s:4.2f}x'
+            + (f', greedy rows identical {same}/{batch}' if greedy else '')
+            + f'; decode {step_s * 1e3:6.1f} ms/step = {ideal_step_s / step_s:5.1%} of the '
+            f'bandwidth bound ({ideal_step_s * 1e3:.1f} ms); prefill {prefill_s:5.2f} s = '
+            f'{prefill_mfu:5.1%} MFU', flush=True)
+      results.append({'batch': batch, 'mode': mode, 'ours_s': ours_s, 'hf_s': hf_s,
+                      'speedup': hf_s / ours_s, 'greedy_identical': same,
+                      'decode_fraction': ideal_step_s / step_s, 'prefill_mfu': prefill_mfu})
+  return results
+
+
 def qwen25_1p5b_config(layers: int | None) -> ModelConfig:
   return ModelConfig(
       architecture='Qwen2ForCausalLM', vocab_size=151936, hidden_size=1536,
@@ -201,7 +295,7 @@ def bench_truncation(args: argparse.Namespace) -> None:
                 f'  speed-up {times["sort"] / times["candidates"]:5.1f}x', flush=True)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--gpu-shape', action='store_true',
                       help='Qwen2.5-1.5B-shaped bf16 model, tokens/s and roofline fraction.')
@@ -211,18 +305,35 @@ def main() -> None:
                       help='override the number of layers (default 4, or 28 with --gpu-shape).')
   parser.add_argument('--batch', type=int, default=None, help='default 32, or 128 with --gpu-shape.')
   parser.add_argument('--new-tokens', type=int, default=64)
-  parser.add_argument('--prompt-len', type=int, default=512, help='--gpu-shape prompt length.')
+  parser.add_argument('--prompt-len', type=int, default=None,
+                      help='--gpu-shape prompt length (default 512); real-model mode: the longest '
+                      'prompt (default 224, prompts from 7/8 of it).')
   parser.add_argument('--hidden', type=int, default=256)
   parser.add_argument('--heads', type=int, default=4)
   parser.add_argument('--kv-heads', type=int, default=2)
   parser.add_argument('--vocab', type=int, default=2048)
   parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--model', default=None,
+                      help='an HF model directory: real-model mode (see the module docstring).')
+  parser.add_argument('--smollm2', action='store_true',
+                      help='real-model mode on SmolLM2-135M-Instruct (fetched and converted once).')
+  parser.add_argument('--batches', type=lambda v: [int(b) for b in v.split(',')], default=[8, 32],
+                      help='real-model mode: comma-separated batch sizes.')
   peaks_lib.add_flags(parser)
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   if args.batch is None:
     args.batch = 128 if args.gpu_shape else 32
+  if args.prompt_len is None:
+    args.prompt_len = 512 if args.gpu_shape else 224
+  return args
+
+
+def main() -> None:
+  args = parse_args()
   if args.truncation:
     bench_truncation(args)
+  elif args.model or args.smollm2:
+    bench_real_model(args)
   elif args.gpu_shape:
     bench_gpu_shape(args)
   else:

@@ -81,3 +81,21 @@ def test_iteration_bench_runs_shrunk():
   for key in ("generation_s", "scoring_s", "update_s", "decode_roofline_fraction",
               "update_mfu"):
     assert np.isfinite(out[key]) and out[key] > 0, key
+
+
+def test_real_model_sampling_bench_matches_transformers_greedy(tmp_path):
+  """bench/sampling.py --model: on a small HF Llama directory our greedy rows are
+  transformers' and every printed figure is finite (times are not asserted)."""
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  from bench import sampling as sampling_bench
+  from helpers_hf import make_tiny_hf_model
+  model_dir, _ = make_tiny_hf_model(tmp_path, "llama3")
+  args = sampling_bench.parse_args(
+      ["--model", str(model_dir), "--batches", "8", "--prompt-len", "24", "--new-tokens", "6",
+       "--repeats", "1", "--peak-bw-gbs", "10", "--peak-tflops", "0.1"])
+  rows = sampling_bench.bench_real_model(args)
+  assert [(r["batch"], r["mode"]) for r in rows] == [(8, "greedy"), (8, "top-p 0.9")]
+  assert rows[0]["greedy_identical"] == 8
+  for r in rows:
+    for key in ("ours_s", "hf_s", "speedup", "decode_fraction", "prefill_mfu"):
+      assert np.isfinite(r[key]) and r[key] > 0, key
