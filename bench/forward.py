@@ -7,6 +7,10 @@ count; torch under `torch.no_grad()`. Both are warmed up first, then timed over
 
   python bench/forward.py                      # 4 layers, hidden 256, batch 8, seq 256
   python bench/forward.py --family llama3 --seq 512
+  python bench/forward.py --smollm2 --seq 512  # a real model (or --model DIR), with MFU
+
+With `--smollm2` / `--model DIR` both sides load that HF directory instead, and the
+script also prints each side's MFU against the measured fp32 matmul peak (bench/peaks.py).
 """
 from __future__ import annotations
 
@@ -35,6 +39,11 @@ def main() -> None:
   parser.add_argument('--seq', type=int, default=256)
   parser.add_argument('--iters', type=int, default=10)
   parser.add_argument('--threads', type=int, default=os.cpu_count())
+  parser.add_argument('--model', default=None, help='an HF model directory instead of a random one.')
+  parser.add_argument('--smollm2', action='store_true',
+                      help='SmolLM2-135M-Instruct (fetched and converted once) as --model.')
+  from bench import peaks as peaks_lib  # pylint: disable=g-import-not-at-top
+  peaks_lib.add_flags(parser)
   args = parser.parse_args()
 
   import jax  # pylint: disable=g-import-not-at-top
@@ -47,13 +56,23 @@ def main() -> None:
   from helpers_hf import make_tiny_hf_model  # pylint: disable=g-import-not-at-top
 
   torch.set_num_threads(args.threads)
-  with tempfile.TemporaryDirectory() as tmp:
-    model_dir, torch_model = make_tiny_hf_model(
-        tmp, args.family, num_hidden_layers=args.layers, hidden_size=args.hidden,
-        intermediate_size=args.hidden * 11 // 4, num_attention_heads=args.heads,
-        num_key_value_heads=args.kv_heads, vocab_size=args.vocab,
-        **({'head_dim': args.hidden // args.heads} if args.family == 'qwen3' else {}))
-    model = load_pretrained(model_dir)
+  if args.smollm2:
+    from empg_jax import model_cache  # pylint: disable=g-import-not-at-top
+    args.model = str(model_cache.prepare_smollm2('float32'))
+  if args.model:
+    import transformers  # pylint: disable=g-import-not-at-top
+    model = load_pretrained(args.model)
+    torch_model = transformers.AutoModelForCausalLM.from_pretrained(
+        args.model, dtype=torch.float32).eval()
+  else:
+    with tempfile.TemporaryDirectory() as tmp:
+      model_dir, torch_model = make_tiny_hf_model(
+          tmp, args.family, num_hidden_layers=args.layers, hidden_size=args.hidden,
+          intermediate_size=args.hidden * 11 // 4, num_attention_heads=args.heads,
+          num_key_value_heads=args.kv_heads, vocab_size=args.vocab,
+          **({'head_dim': args.hidden // args.heads} if args.family == 'qwen3' else {}))
+      model = load_pretrained(model_dir)
+  config = model.config
 
   graphdef, state = nnx.split(model)
 
@@ -61,7 +80,8 @@ def main() -> None:
   def forward(state, ids):
     return nnx.merge(graphdef, state)(ids)
 
-  ids = np.random.RandomState(0).randint(0, args.vocab, (args.batch, args.seq)).astype(np.int32)
+  ids = np.random.RandomState(0).randint(0, config.vocab_size,
+                                        (args.batch, args.seq)).astype(np.int32)
   ids_jax = jnp.asarray(ids)
   ids_torch = torch.tensor(ids, dtype=torch.long)
   tokens = args.batch * args.seq
@@ -93,13 +113,20 @@ def main() -> None:
   t_ours = min(r[0] for r in rounds)
   t_torch = min(r[1] for r in rounds)
   ours_tps, torch_tps = tokens * args.iters / t_ours, tokens * args.iters / t_torch
-  print(f'config: {args.family}, {args.layers} layers, hidden {args.hidden}, heads '
-        f'{args.heads}/{args.kv_heads}, vocab {args.vocab}, batch {args.batch}, seq {args.seq}, '
-        f'fp32, {args.threads} threads, {jax.devices()[0].platform}')
+  print(f'config: {args.model or args.family}, {config.num_layers} layers, hidden '
+        f'{config.hidden_size}, heads {config.num_heads}/{config.num_kv_heads}, vocab '
+        f'{config.vocab_size}, batch {args.batch}, seq {args.seq}, fp32, {args.threads} threads, '
+        f'{jax.devices()[0].platform}')
   print(f'max |logit diff| ours vs torch: {max_diff:.2e}')
   print(f'empg_jax (jit):         {ours_tps:12.0f} tokens/s')
   print(f'transformers + torch:   {torch_tps:12.0f} tokens/s')
   print(f'ratio ours / torch:     {ours_tps / torch_tps:12.2f}x')
+  if args.model:
+    from bench.iteration import forward_flops  # pylint: disable=g-import-not-at-top
+    peaks = peaks_lib.resolve(args, matmul_dtype=jnp.float32)
+    flops = forward_flops(config, args.batch, args.seq) * args.iters
+    print(f'MFU of the measured matmul peak: ours {flops / t_ours / (peaks.tflops * 1e12):.1%}, '
+          f'torch {flops / t_torch / (peaks.tflops * 1e12):.1%}; {peaks}')
 
 
 if __name__ == '__main__':
