@@ -156,6 +156,12 @@ def _engine_memos(modules: EngineModules) -> _EngineMemos:
   return _MEMOS
 
 
+def memoized() -> contextlib.AbstractContextManager[None]:
+  """The engine's memos, for code that drives textworld's PddlEnv itself (e.g. tests
+  running alfworld's own environment wrappers and handcoded expert)."""
+  return _engine_memos(import_engine()).active()
+
+
 class AlfredEngine:
   """One textworld PDDL game at a time, with entity names as ALFWorld shows them.
 
