@@ -80,6 +80,24 @@ def _generate_and_block(sampler, prompts, params, seed):
   return sampler.generate(prompts, params, rng=jax.random.key(seed))
 
 
+def _hf_generate(hf_model, prompts, new_tokens: int, *, greedy: bool, top_p: float):
+  """transformers' generate on the left-padded prompts -> [B, new_tokens] token ids."""
+  import torch  # pylint: disable=g-import-not-at-top
+  width = max(len(p) for p in prompts)
+  input_ids = torch.zeros((len(prompts), width), dtype=torch.long)
+  attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+  for i, p in enumerate(prompts):
+    input_ids[i, width - len(p):] = torch.tensor(p)
+    attention_mask[i, width - len(p):] = 1
+  sampling_kwargs = ({'do_sample': False} if greedy else
+                     {'do_sample': True, 'temperature': 1.0, 'top_k': 0, 'top_p': top_p})
+  with torch.no_grad():
+    out = hf_model.generate(
+        input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens, pad_token_id=0, eos_token_id=None, **sampling_kwargs)
+  return out[:, width:].numpy()
+
+
 def bench_vs_transformers(args: argparse.Namespace) -> None:
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
@@ -100,20 +118,9 @@ def bench_vs_transformers(args: argparse.Namespace) -> None:
   sampler = sampling.Sampler(model)
   params = sampling.SamplingParams(new_tokens, temperature=1.0)
 
-  width = max(len(p) for p in prompts)
-  input_ids = torch.zeros((len(prompts), width), dtype=torch.long)
-  attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-  for i, p in enumerate(prompts):
-    input_ids[i, width - len(p):] = torch.tensor(p)
-    attention_mask[i, width - len(p):] = 1
-
   def run_hf():
-    with torch.no_grad():
-      out = hf_model.generate(
-          input_ids=input_ids, attention_mask=attention_mask, do_sample=True, temperature=1.0,
-          top_k=0, top_p=1.0, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-          pad_token_id=0, eos_token_id=None)
-    assert out.shape[1] == width + new_tokens
+    out = _hf_generate(hf_model, prompts, new_tokens, greedy=False, top_p=1.0)
+    assert out.shape[1] == new_tokens
     return out
 
   start = time.perf_counter()
@@ -131,24 +138,6 @@ def bench_vs_transformers(args: argparse.Namespace) -> None:
   print(f'ours (tokens + log-probs + entropies): {ours_s:.3f} s  {total / ours_s:9.1f} tokens/s')
   print(f'transformers generate (tokens):      {hf_s:.3f} s  {total / hf_s:9.1f} tokens/s')
   print(f'speed-up ours / transformers: {hf_s / ours_s:.2f}x')
-
-
-def _hf_generate(hf_model, prompts, new_tokens: int, *, greedy: bool, top_p: float):
-  """transformers' generate on the left-padded prompts -> [B, new_tokens] token ids."""
-  import torch  # pylint: disable=g-import-not-at-top
-  width = max(len(p) for p in prompts)
-  input_ids = torch.zeros((len(prompts), width), dtype=torch.long)
-  attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-  for i, p in enumerate(prompts):
-    input_ids[i, width - len(p):] = torch.tensor(p)
-    attention_mask[i, width - len(p):] = 1
-  sampling_kwargs = ({'do_sample': False} if greedy else
-                     {'do_sample': True, 'temperature': 1.0, 'top_k': 0, 'top_p': top_p})
-  with torch.no_grad():
-    out = hf_model.generate(
-        input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens, pad_token_id=0, eos_token_id=None, **sampling_kwargs)
-  return out[:, width:].numpy()
 
 
 def bench_real_model(args: argparse.Namespace) -> list[dict[str, float]]:
