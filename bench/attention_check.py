@@ -28,7 +28,7 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 from flax import nnx  # pylint: disable=wrong-import-position
 
-from bench.iteration import model_config  # pylint: disable=wrong-import-position
+from bench.iteration import add_model_shape_flags, model_config  # pylint: disable=wrong-import-position
 
 CPU_SMOKE = dict(layers=2, hidden=128, intermediate=384, heads=4, kv_heads=2, vocab=4096,
                  batch=2, seq=64, repeats=2)
@@ -102,12 +102,7 @@ def run(args: argparse.Namespace) -> bool:
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--cpu-smoke', action='store_true')
-  parser.add_argument('--layers', type=int, default=28)
-  parser.add_argument('--hidden', type=int, default=1536)
-  parser.add_argument('--intermediate', type=int, default=8960)
-  parser.add_argument('--heads', type=int, default=12)
-  parser.add_argument('--kv-heads', type=int, default=2)
-  parser.add_argument('--vocab', type=int, default=151936)
+  add_model_shape_flags(parser)
   parser.add_argument('--batch', type=int, default=4)
   parser.add_argument('--seq', type=int, default=2048)
   parser.add_argument('--repeats', type=int, default=5)

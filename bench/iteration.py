@@ -64,6 +64,16 @@ CPU_SMOKE = dict(layers=2, hidden=128, intermediate=384, heads=4, kv_heads=2, vo
                  iterations=1, micro=8, minibatch=16)
 
 
+def add_model_shape_flags(parser: argparse.ArgumentParser) -> None:
+  """The model-shape flags `model_config` reads (defaults: Qwen2.5-1.5B)."""
+  parser.add_argument('--layers', type=int, default=28)
+  parser.add_argument('--hidden', type=int, default=1536)
+  parser.add_argument('--intermediate', type=int, default=8960)
+  parser.add_argument('--heads', type=int, default=12)
+  parser.add_argument('--kv-heads', type=int, default=2)
+  parser.add_argument('--vocab', type=int, default=151936)
+
+
 def model_config(args: argparse.Namespace):
   from empg_jax.models import ModelConfig
   return ModelConfig(
@@ -298,12 +308,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--cpu-smoke', action='store_true',
                       help=f'shrunk shape for a CPU code-path check: {CPU_SMOKE}')
-  parser.add_argument('--layers', type=int, default=28)
-  parser.add_argument('--hidden', type=int, default=1536)
-  parser.add_argument('--intermediate', type=int, default=8960)
-  parser.add_argument('--heads', type=int, default=12)
-  parser.add_argument('--kv-heads', type=int, default=2)
-  parser.add_argument('--vocab', type=int, default=151936)
+  add_model_shape_flags(parser)
   parser.add_argument('--groups', type=int, default=16)
   parser.add_argument('--group-size', type=int, default=8)
   parser.add_argument('--max-steps', type=int, default=50,

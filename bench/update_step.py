@@ -31,7 +31,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 from flax import nnx  # pylint: disable=wrong-import-position
 
 from bench import peaks as peaks_lib  # pylint: disable=wrong-import-position
-from bench.iteration import forward_flops, model_config  # pylint: disable=wrong-import-position
+from bench.iteration import add_model_shape_flags, forward_flops, model_config  # pylint: disable=wrong-import-position
 
 CPU_SMOKE = dict(layers=2, hidden=128, intermediate=384, heads=4, kv_heads=2, vocab=4096,
                  micro=2, micro_batches=2, seq=128, response=32, repeats=2)
@@ -114,12 +114,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--cpu-smoke', action='store_true',
                       help=f'shrunk shape for a CPU code-path check: {CPU_SMOKE}')
-  parser.add_argument('--layers', type=int, default=28)
-  parser.add_argument('--hidden', type=int, default=1536)
-  parser.add_argument('--intermediate', type=int, default=8960)
-  parser.add_argument('--heads', type=int, default=12)
-  parser.add_argument('--kv-heads', type=int, default=2)
-  parser.add_argument('--vocab', type=int, default=151936)
+  add_model_shape_flags(parser)
   parser.add_argument('--micro', type=int, default=4, help='rows per forward/backward')
   parser.add_argument('--micro-batches', type=int, default=4, help='accumulated per update')
   parser.add_argument('--seq', type=int, default=4096)
