@@ -54,8 +54,10 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                            'datasheet bf16, H100/H200 989; measured on CPU).')
 
 
-def _median_seconds(fn, repeats: int) -> float:
-  fn()  # compile / warm up
+def median_seconds(fn, repeats: int, *, warm_up: bool = True) -> float:
+  """Median wall time of `repeats` calls of `fn` (after one untimed call with `warm_up`)."""
+  if warm_up:
+    fn()  # compile / warm up
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
@@ -86,7 +88,7 @@ def measure_matmul_tflops(dtype=jnp.float32, n: int | None = None, repeats: int 
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
   matmul = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
-  seconds = _median_seconds(lambda: matmul(a, b).block_until_ready(), repeats)
+  seconds = median_seconds(lambda: matmul(a, b).block_until_ready(), repeats)
   return 2 * n**3 / seconds / 1e12
 
 

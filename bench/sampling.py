@@ -67,12 +67,8 @@ def _prompts(batch: int, min_len: int, max_len: int, vocab: int, seed: int = 0) 
 
 
 def _median_time(fn, repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  # Callers warm up themselves (the first call's compile time is reported).
+  return peaks_lib.median_seconds(fn, repeats, warm_up=False)
 
 
 def _generate_and_block(sampler, prompts, params, seed):
